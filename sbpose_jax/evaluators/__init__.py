@@ -1,0 +1,161 @@
+"""Evaluators: one per metric family, chosen by the dataset type (docs/design.md, "Evaluators").
+
+`EVALUATORS[type](records, config, **overrides)` → object with `process(preds)` and
+`compute(out_dir=None) -> dict[str, float]`. `score_results_file` scores an existing results
+file with no model. `TABLE_COLUMNS` maps each type to the published table's columns, and
+`format_table` prints them.
+
+Labelled variants (reference-conventions §0): keys ending in `_corrected` use the convention
+MMPose adopted after the published table (AIC sigmas ×1, MPII Mean@0.1 at threshold 0.10); the
+unsuffixed keys reproduce the table (AIC sigmas ×2, MPII threshold 0.11).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from sbpose_jax.evaluators import coco, pck, posetrack, postprocess
+
+EVALUATORS = {
+    **{t: functools.partial(coco.CocoEvaluator, eval_type=t) for t in coco.SETTINGS},
+    "mpii": pck.MpiiEvaluator,
+    "mpii_trb": pck.MpiiTrbEvaluator,
+    "posetrack18": posetrack.PoseTrackEvaluator,
+}
+
+# Published table columns: (label, metric key).
+_COCO_COLS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR", "AR"), ("AR50", "AR50"))
+TABLE_COLUMNS = {
+    "coco": _COCO_COLS,
+    "ochuman": _COCO_COLS,
+    "aic": _COCO_COLS + tuple((f"{label} (sigmas x1)", f"{key}_corrected")
+                              for label, key in _COCO_COLS),
+    "crowdpose": (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AP(E)", "AP(E)"),
+                  ("AP(M)", "AP(M)"), ("AP(H)", "AP(H)")),
+    "coco_wholebody": tuple((f"{p.capitalize()} {s}", f"{p}_{s}")
+                            for p in ("body", "foot", "face", "hand", "whole")
+                            for s in ("AP", "AR")),
+    "mpii": (("Mean", "Mean"), ("Mean@0.1", "Mean@0.1"),
+             ("Mean@0.1 (PCKh@0.10)", "Mean@0.1_corrected")),
+    "mpii_trb": (("Skeleton Acc", "Skeleton_Acc"), ("Contour Acc", "Contour_Acc"),
+                 ("Mean Acc", "Mean_Acc")),
+    "posetrack18": tuple((c, c) for c in ("Head", "Shou", "Elb", "Wri", "Hip", "Knee", "Ankl",
+                                          "Total")),
+}
+TABLE_NOTES = {
+    "aic": "AP..AR50: OKS with AIC sigmas x2 as in the published table; '(sigmas x1)': the "
+           "corrected sigmas (MMPose >= 2021-01).",
+    "mpii": "Mean@0.1 as published is PCKh at threshold 0.11; MMPose >= v0.17 uses 0.10.",
+    "coco_wholebody": "Hand = mean of left and right hand AP/AR (how the table combined them is "
+                      "not documented). The res50 256x192 row's Whole AP/AR 0.457/0.578 is "
+                      "probably a typo for 0.520/0.633 (later README).",
+    "crowdpose": "AP(E/M/H): images with crowdIndex < 0.2 / [0.2, 0.8) / >= 0.8; -1 if none.",
+}
+
+
+def score_results_file(eval_type: str, ann_file: str, results_file: str, **kw
+                       ) -> dict[str, float]:
+  """Scores an existing results file with no model.
+
+  Args:
+    eval_type: a key of EVALUATORS.
+    ann_file: the ground-truth annotation file (PoseTrack18: the combined val json or the
+      folder of per-sequence files; MPII: the val json, whose folder holds mpii_gt_val.mat,
+      or pass gt_file=).
+    results_file: coco-style types: a results list; mpii: our keypoints.json (entries with
+      'index') or MMPose's pred.mat; mpii_trb: entries with 'ann_id' (or 'bbox_id');
+      posetrack18: a results list or a folder of per-sequence prediction files.
+    **kw: backend=, crowd_ignore= (coco-style), gt_file= (mpii), gt_folder= (posetrack18).
+  Returns:
+    The metric dict of `EVALUATORS[eval_type](...).compute()`.
+  Raises:
+    ValueError: wrong joint count, unknown image ids, NaN values, malformed file.
+  """
+  if eval_type not in EVALUATORS:
+    raise ValueError(f"unknown evaluation type {eval_type!r}; known: {sorted(EVALUATORS)}")
+  if eval_type in coco.SETTINGS:
+    gt = postprocess.load_json(ann_file, "annotation file")
+    results = coco.load_results(eval_type, gt, results_file)
+    return coco.score_results(eval_type, gt, results, gt_path=ann_file,
+                              backend=kw.get("backend", "auto"),
+                              crowd_ignore=kw.get("crowd_ignore", "labelled"))
+  if eval_type == "mpii":
+    gt_file = kw.get("gt_file") or os.path.join(os.path.dirname(ann_file), "mpii_gt_val.mat")
+    n = pck.load_mpii_gt(gt_file)["pos_gt_src"].shape[2]
+    return pck.score_mpii(_mpii_results(results_file, n), gt_file)
+  if eval_type == "mpii_trb":
+    return pck.trb_accuracy(_trb_results(results_file, ann_file), ann_file)
+  gt_folder = kw.get("gt_folder") or (ann_file if os.path.isdir(ann_file)
+                                      else posetrack.gt_folder_for(ann_file))
+  return posetrack.score_predictions(gt_folder, posetrack.load_results(results_file, gt_folder))
+
+
+def _mpii_results(path: str, n: int) -> np.ndarray:
+  """(n, 16, 2) 0-based predictions from our keypoints.json or MMPose's pred.mat (1-based)."""
+  if path.endswith(".mat"):
+    from scipy.io import loadmat
+    preds = np.asarray(loadmat(path).get("preds", np.zeros(0)), np.float64)
+    if preds.ndim != 3 or preds.shape[1:] != (16, 2) or len(preds) != n:
+      raise ValueError(f"{path}: 'preds' must have shape ({n}, 16, 2), got {preds.shape}")
+    if not np.isfinite(preds).all():
+      raise ValueError(f"{path}: 'preds' contains NaN or inf")
+    return preds - 1.0
+  res = postprocess.load_json(path, "results file")
+  if not isinstance(res, list):
+    raise ValueError(f"{path}: results must be a JSON list")
+  out = np.full((n, 16, 2), np.nan)
+  for i, r in enumerate(res):
+    if "index" not in r or not 0 <= int(r["index"]) < n:
+      raise ValueError(f"{path}: entry {i} needs an 'index' in [0, {n}) (the annotation row)")
+    k = np.asarray(r.get("keypoints", []), np.float64)
+    if k.size != 48:
+      raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; MPII has 16")
+    if not np.isfinite(k).all():
+      raise ValueError(f"{path}: entry {i} contains NaN or inf")
+    out[int(r["index"])] = k.reshape(16, 3)[:, :2]
+  return out
+
+
+def _trb_results(path: str, ann_file: str) -> dict[int, np.ndarray]:
+  res = postprocess.load_json(path, "results file")
+  gt = postprocess.load_json(ann_file, "MPII-TRB annotation file")
+  known = {a["id"] for a in gt.get("annotations", [])}
+  if not isinstance(res, list):
+    raise ValueError(f"{path}: results must be a JSON list")
+  out = {}
+  for i, r in enumerate(res):
+    key = r.get("ann_id", r.get("bbox_id"))
+    if key not in known:
+      raise ValueError(f"{path}: entry {i} refers to annotation id {key!r}, not in {ann_file}")
+    k = np.asarray(r.get("keypoints", []), np.float64)
+    if k.size != 120:
+      raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; MPII-TRB has 40")
+    if not np.isfinite(k).all():
+      raise ValueError(f"{path}: entry {i} contains NaN or inf")
+    out[key] = k.reshape(40, 3)
+  return out
+
+
+def format_table(metrics: dict[str, float], columns=None) -> str:
+  """Two aligned lines (header, values) for `columns`.
+
+  Args:
+    metrics: output of `compute()`.
+    columns: an evaluation type (its TABLE_COLUMNS), a list of keys, or (label, key) pairs;
+      None prints every metric.
+  """
+  note = ""
+  if isinstance(columns, str):
+    note = TABLE_NOTES.get(columns, "")
+    columns = TABLE_COLUMNS[columns]
+  columns = [(c, c) if isinstance(c, str) else tuple(c) for c in (columns or metrics)]
+  cells = []
+  for label, key in columns:
+    v = metrics.get(key, float("nan"))
+    text = f"{v:.1f}" if abs(v) > 1.0 else f"{v:.3f}"
+    width = max(len(label), len(text))
+    cells.append((label.rjust(width), text.rjust(width)))
+  lines = [" | ".join(c[0] for c in cells), " | ".join(c[1] for c in cells)]
+  return "\n".join(lines + ([f"note: {note}"] if note else []))
