@@ -1,0 +1,1 @@
+"""Datasets: annotation readers, the `Records` type, transforms and grain pipelines."""
