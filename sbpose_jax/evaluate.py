@@ -1,0 +1,244 @@
+"""Evaluate a saved (converted or trained) model on a dataset's evaluation split.
+
+  python -m sbpose_jax.evaluate --config coco_res50 --checkpoint models/res50_coco_256x192 \
+      --out-dir out/coco_res50 [--gt-boxes | --det-file F] [--no-flip] [--batch-size 64] \
+      [--ann-file F] [--img-dir D] [--dtype bfloat16] [--config.test.decode=unbiased ...]
+  python -m sbpose_jax.evaluate --config coco_res50 --results out/keypoints.json --out-dir O
+
+Paths default to the config's evaluation data (`config.data` updated with `evals.val.data`);
+the flags override them. Writes O/keypoints.json (the dataset's results format) and
+O/metrics.json, and prints the published table's columns. `--results FILE` scores an existing
+results file with no model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+import ml_collections
+
+from sbpose_jax import checkpoint, keypoints
+from sbpose_jax import config as config_lib
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m sbpose_jax.evaluate", description=__doc__.split("\n\n")[0],
+      epilog="Any --config.KEY=VALUE argument overrides a config field.")
+  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--checkpoint", help="saved model directory or training workdir")
+  p.add_argument("--results", help="score this existing results file instead of a model")
+  p.add_argument("--out-dir", required=True, help="where keypoints.json and metrics.json go")
+  p.add_argument("--ann-file", help="ground-truth annotation file (default: from the config)")
+  p.add_argument("--img-dir", help="image folder (default: from the config)")
+  boxes = p.add_mutually_exclusive_group()
+  boxes.add_argument("--det-file", help="detector boxes (COCO results json)")
+  boxes.add_argument("--gt-boxes", action="store_true", help="use ground-truth boxes")
+  p.add_argument("--no-flip", action="store_true", help="disable the flip test")
+  p.add_argument("--batch-size", type=int, help="boxes per batch (default config.test.batch_size)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                 help="compute dtype (default float32: published-number parity; the config's "
+                      "model.dtype is the training dtype)")
+  p.add_argument("--eval", default=None, help="which config.evals entry (default: the first)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  return p
+
+
+def parse_args(argv: Sequence[str] | None):
+  """Splits argv into (known flags, --config.* overrides); other leftovers are an error."""
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  if bool(args.checkpoint) == bool(args.results):
+    parser.error("give exactly one of --checkpoint (evaluate a model) or --results (score a file)")
+  return args, rest
+
+
+def eval_config(config: ml_collections.ConfigDict, name: str | None = None
+                ) -> tuple[ml_collections.ConfigDict, str]:
+  """(config with `evals.<name>.data` applied to `data`, evaluator type). Unlocked copy."""
+  names = list(config.evals.keys())
+  if not names:
+    raise ValueError(f"config {config.name!r} has no evals entry")
+  name = name or names[0]
+  if name not in config.evals:
+    raise ValueError(f"--eval {name!r}: config has evals {names}")
+  ecfg = ml_collections.ConfigDict(config.to_dict())
+  ecfg.data.update(dict(config.evals[name].get("data", {})))
+  return ecfg, config.evals[name].type
+
+
+def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
+  """Command-line paths and switches → cfg (absolute paths survive `root / path`)."""
+  d = cfg.data
+  if args.ann_file:
+    d.val_ann = os.path.abspath(args.ann_file)
+    # Extra ground truth then comes from beside the given file, as MMPose finds it.
+    folder = os.path.dirname(d.val_ann)
+    if d.get("gt_mat_file"):
+      d.gt_mat_file = os.path.join(folder, "mpii_gt_val.mat")
+    if d.get("val_gt_dir"):
+      stem = os.path.splitext(os.path.basename(d.val_ann))[0].split("_")[-1]
+      d.val_gt_dir = os.path.join(folder, stem)
+  if args.img_dir:
+    d.val_images = os.path.abspath(args.img_dir)
+  if args.det_file:
+    d.det_file, d.use_gt_bbox = os.path.abspath(args.det_file), False
+  if args.gt_boxes:
+    d.use_gt_bbox = True
+  if args.no_flip:
+    cfg.test.flip = False
+  if getattr(args, "dtype", None):
+    cfg.model.dtype = args.dtype
+  if args.batch_size:
+    if args.batch_size <= 0:
+      raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    cfg.test.batch_size = args.batch_size
+  return cfg
+
+
+def data_path(cfg, field: str) -> pathlib.Path:
+  return pathlib.Path(cfg.data.root) / cfg.data[field]
+
+
+def check_inputs(cfg, need_images: bool = True) -> None:
+  """Fails early, naming the missing file, before any model or annotation is loaded."""
+  wanted = [("annotation file (--ann-file / data.val_ann)", data_path(cfg, "val_ann"))]
+  if need_images:
+    wanted.append(("image folder (--img-dir / data.val_images)", data_path(cfg, "val_images")))
+    if not cfg.data.use_gt_bbox and cfg.data.dataset not in ("mpii", "mpii_trb"):
+      wanted.append(("detection file (--det-file / data.det_file)", data_path(cfg, "det_file")))
+  for what, path in wanted:
+    if not path.exists():
+      raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def read_meta(path) -> checkpoint.ModelMeta:
+  """The saved model's meta.json only (cheap; the variables are loaded later)."""
+  directory = checkpoint.resolve_model_dir(path)
+  return checkpoint.ModelMeta.from_json((directory / checkpoint.META_FILE).read_text(),
+                                        str(directory / checkpoint.META_FILE))
+
+
+def check_model_fits(meta: checkpoint.ModelMeta, dataset: str, path) -> None:
+  info = keypoints.get(dataset)
+  if meta.backbone_only or meta.num_joints == 0:
+    raise ValueError(f"{path} is a backbone without a pose head; it cannot be evaluated")
+  if meta.num_joints != info.num_joints:
+    raise ValueError(
+        f"{path} predicts {meta.num_joints} joints but dataset {dataset!r} has "
+        f"{info.num_joints}; use a checkpoint trained on {dataset} (the model's meta.json "
+        f"says dataset={meta.dataset or 'unknown'!r})")
+
+
+def evaluator_kwargs(cfg, eval_type: str) -> dict:
+  """Ground-truth files some metrics read besides the annotation json.
+
+  The configured path is used when it exists; otherwise the evaluator looks beside the
+  annotation file (which is what a user passing --ann-file means).
+  """
+  kw = {}
+  for kind, field, arg in (("mpii", "gt_mat_file", "gt_file"),
+                           ("posetrack18", "val_gt_dir", "gt_folder")):
+    if eval_type == kind and cfg.data.get(field) and data_path(cfg, field).exists():
+      kw[arg] = str(data_path(cfg, field))
+  return kw
+
+
+def build_model(cfg, meta: checkpoint.ModelMeta):
+  """The saved model's architecture at cfg's compute dtype.
+
+  float32 means float32 throughout: convolutions run at 'highest' precision, so GPUs do not
+  silently use TF32 (which can move an argmax; checkpoint-formats §5.3). bfloat16 is the fast
+  setting.
+  """
+  from sbpose_jax import models  # pylint: disable=import-outside-toplevel
+  precision = "highest" if str(cfg.model.dtype) == "float32" else None
+  return models.build(cfg.model, meta.num_joints, **meta.model_config(), precision=precision)
+
+
+def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
+                   ) -> dict[str, float]:
+  """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import evaluators, inference  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
+
+  meta = read_meta(checkpoint_path)
+  check_model_fits(meta, cfg.data.dataset, checkpoint_path)
+  check_inputs(cfg)
+  if eval_type not in evaluators.EVALUATORS:
+    raise ValueError(f"evaluation type {eval_type!r} unknown; known: "
+                     f"{sorted(evaluators.EVALUATORS)}")
+  t0 = time.perf_counter()
+  records = readers.read_split(cfg.data, "val")
+  variables, meta = checkpoint.load_model(checkpoint_path)
+  model = build_model(cfg, meta)
+  predict = inference.make_predict_fn(model, variables, cfg, meta)
+  evaluator = evaluators.EVALUATORS[eval_type](records, cfg, **evaluator_kwargs(cfg, eval_type))
+  if progress:
+    print(f"{len(records)} boxes in {records.num_images} images ({cfg.data.dataset}, "
+          f"{'GT' if cfg.data.use_gt_bbox else 'detector'} boxes, flip test "
+          f"{'on' if cfg.test.flip else 'off'}, {jax.devices()[0].platform})", file=sys.stderr)
+  metrics = inference.run_evaluation(predict, records, cfg, evaluator, cfg.test.batch_size,
+                                     progress=progress, out_dir=str(out_dir))
+  if progress:
+    print(f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
+  """Scores an existing results file against cfg's ground truth (no model)."""
+  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(results_file):
+    raise FileNotFoundError(f"--results file not found: {results_file}")
+  check_inputs(cfg, need_images=False)
+  metrics = evaluators.score_results_file(eval_type, str(data_path(cfg, "val_ann")),
+                                          str(results_file), **evaluator_kwargs(cfg, eval_type))
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / "metrics.json"
+  path.write_text(json.dumps({"metrics": metrics, **info}, indent=1, sort_keys=True))
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+  args, overrides = parse_args(argv)
+  from sbpose_jax.data.pipeline import BadImageError  # pylint: disable=import-outside-toplevel
+  try:
+    config = config_lib.load(args.config, overrides)
+    cfg, eval_type = eval_config(config, args.eval)
+    apply_flags(cfg, args)
+    if args.results:
+      metrics = score_results(cfg, eval_type, args.results)
+    else:
+      metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
+                               progress=not args.quiet)
+  except (ValueError, FileNotFoundError, BadImageError) as e:
+    # One clear line for the user instead of a traceback.
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from e
+  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
+  info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
+              results=args.results, ann_file=str(data_path(cfg, "val_ann")),
+              use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
+              decode=cfg.test.decode, dtype=str(cfg.model.dtype))
+  path = write_metrics(args.out_dir, metrics, info)
+  print(evaluators.format_table(metrics, eval_type))
+  print(f"metrics written to {path}", file=sys.stderr)
+  return metrics
+
+
+if __name__ == "__main__":
+  main()

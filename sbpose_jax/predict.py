@@ -1,0 +1,262 @@
+"""Predict poses on your own images and draw them.
+
+  python -m sbpose_jax.predict --config coco_res50 --checkpoint models/res50_coco_256x192 \
+      photo.jpg more_photos/ --out-dir out/ [--boxes boxes.json] [--config.test.flip=False]
+
+Without `--boxes` the whole image is one person box (fine for single-person photos). With it,
+each image gets the boxes listed for it; the file is either a COCO detection-results list
+(`image_id` matched to the image's numeric file stem, or a `file_name` field; `bbox` x, y, w, h;
+optional `score`, `category_id` 1 = person) or a dict `{file name or stem: [[x, y, w, h(, score)],
+...]}`. Writes out_dir/predictions.json (per image: instances with box, score and keypoints
+[x, y, score] per joint) and out_dir/<image stem>.png with the skeletons drawn (joint score →
+opacity).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from sbpose_jax import checkpoint, geometry, keypoints, visualize
+from sbpose_jax import config as config_lib
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m sbpose_jax.predict",
+                              description=__doc__.split("\n\n")[0],
+                              epilog="Any --config.KEY=VALUE argument overrides a config field.")
+  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
+  p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+  p.add_argument("--boxes", help="person boxes per image (see the module docstring)")
+  p.add_argument("--out-dir", required=True)
+  p.add_argument("--batch-size", type=int, help="boxes per batch (default config.test.batch_size)")
+  p.add_argument("--det-score-thr", type=float, default=None,
+                 help="ignore boxes below this score (default config.data.det_score_thr)")
+  p.add_argument("--kpt-thr", type=float, default=0.05, help="hide joints at or below this score")
+  p.add_argument("--no-nms", action="store_true", help="keep overlapping duplicate poses")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                 help="compute dtype (default float32)")
+  return p
+
+
+def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
+  """Files as given, folders expanded (sorted, image suffixes only); errors name the input."""
+  out = []
+  for item in inputs:
+    path = pathlib.Path(item)
+    if path.is_dir():
+      found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      if not found:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+      out += found
+    elif path.is_file():
+      out.append(path)
+    else:
+      raise FileNotFoundError(f"input not found: {path}")
+  stems = [p.stem for p in out]
+  dup = sorted({s for s in stems if stems.count(s) > 1})
+  if dup:
+    raise ValueError(f"several inputs share the file stem {dup[0]!r}; their PNGs would collide")
+  return out
+
+
+def _box_entry(entry, where: str) -> tuple[list[float], float]:
+  vals = [float(v) for v in entry]
+  if len(vals) not in (4, 5) or not np.isfinite(vals).all():
+    raise ValueError(f"{where}: a box must be [x, y, w, h] or [x, y, w, h, score] of finite "
+                     f"numbers, got {entry!r}")
+  return vals[:4], (vals[4] if len(vals) == 5 else 1.0)
+
+
+def read_boxes(path, images: Sequence[pathlib.Path], score_thr: float
+               ) -> dict[str, list[tuple[list[float], float]]]:
+  """{image stem: [(xywh, score), ...]} from a COCO results list or a {name: boxes} dict."""
+  path = pathlib.Path(path)
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--boxes {path}: cannot read JSON ({e})") from None
+  stems = {p.stem for p in images}
+  by_id = {}
+  for p in images:
+    if p.stem.isdigit():
+      by_id[int(p.stem)] = p.stem
+  out: dict[str, list] = {s: [] for s in stems}
+  if isinstance(data, dict):
+    for name, boxes in data.items():
+      stem = pathlib.Path(name).stem
+      if stem in out:
+        for b in boxes:
+          out[stem].append(_box_entry(b, f"--boxes {path} [{name!r}]"))
+  elif isinstance(data, list):
+    for i, d in enumerate(data):
+      if not isinstance(d, dict) or "bbox" not in d:
+        raise ValueError(f"--boxes {path}: entry {i} is not an object with a 'bbox'")
+      if d.get("category_id", 1) != 1:
+        continue
+      stem = pathlib.Path(d["file_name"]).stem if "file_name" in d else by_id.get(
+          d.get("image_id"))
+      if stem in out:
+        box, _ = _box_entry(d["bbox"], f"--boxes {path} entry {i}")
+        out[stem].append((box, float(d.get("score", 1.0))))
+  else:
+    raise ValueError(f"--boxes {path}: expected a list of detections or a dict of boxes")
+  for stem in out:
+    out[stem] = [(b, s) for b, s in out[stem] if s >= score_thr and b[2] > 0 and b[3] > 0]
+  if not any(out.values()):
+    logging.warning("--boxes %s: no box matches any of the %d input images", path, len(images))
+  return out
+
+
+def _crops(images, boxes, cfg) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]]:
+  """(image number, crop, centre, scale, box score) per box; each image decoded once."""
+  from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
+  w_in, h_in = cfg.data.input_size
+  affine = transforms.TopDownAffine(cfg.data.input_size)
+  for n, (_, img) in enumerate(images):
+    for box, score in boxes[n]:
+      c, s = geometry.box_to_center_scale(np.asarray(box, np.float64), w_in / h_in,
+                                          cfg.data.padding)
+      crop = affine.map({"image": img, "center": c, "scale": s})["image"]
+      yield n, crop, c, s, score
+
+
+def batches(items: Iterator, batch_size: int) -> Iterator[dict]:
+  """Fixed-size batches (the last one padded, mask False) in the evaluation batch format."""
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == batch_size:
+      yield _stack(chunk, batch_size)
+      chunk = []
+  if chunk:
+    yield _stack(chunk, batch_size)
+
+
+def _stack(chunk, batch_size: int) -> dict:
+  pad = batch_size - len(chunk)
+  chunk = chunk + [chunk[-1]] * pad
+  return dict(image=np.stack([c[1] for c in chunk]), center=np.stack([c[2] for c in chunk]),
+              scale=np.stack([c[3] for c in chunk]),
+              bbox_score=np.asarray([c[4] for c in chunk], np.float32),
+              index=np.asarray([c[0] for c in chunk], np.int32),
+              mask=np.arange(batch_size) < batch_size - pad)
+
+
+def predict_images(predict_fn, images, boxes, cfg, batch_size: int, use_nms: bool = True):
+  """Per image: dict(bboxes (M, 4), scores (M,), box_scores (M,), keypoints (M, K, 3))."""
+  from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
+  info = keypoints.get(cfg.data.dataset)
+  parts = {k: [] for k in ("index", "keypoints", "center", "scale", "bbox_score")}
+  for batch in batches(_crops(images, boxes, cfg), batch_size):
+    out = np.asarray(predict_fn(batch))
+    m = batch["mask"]
+    for k in parts:
+      parts[k].append(out[m] if k == "keypoints" else batch[k][m])
+  k = info.num_joints
+  p = {key: (np.concatenate(v) if v else np.zeros((0,) + ((k, 3) if key == "keypoints" else
+                                                          (2,) if key in ("center", "scale")
+                                                          else ()), np.float32))
+       for key, v in parts.items()}
+  flat_boxes = [b for n in range(len(images)) for b, _ in boxes[n]]
+  kept, scores = postprocess.rescore_and_nms(
+      p["index"], p["keypoints"], p["bbox_score"], postprocess.crop_areas(p["scale"]),
+      info.sigmas_array, cfg.test.vis_thr, cfg.test.oks_thr, use_nms)
+  result = [dict(bboxes=[], scores=[], box_scores=[], keypoints=[]) for _ in images]
+  for i, score in zip(kept, scores):
+    r = result[int(p["index"][i])]
+    r["bboxes"].append(flat_boxes[i])
+    r["scores"].append(float(score))
+    r["box_scores"].append(float(p["bbox_score"][i]))
+    r["keypoints"].append(p["keypoints"][i])
+  return result
+
+
+def _to_rgb(img: np.ndarray, order: str) -> np.ndarray:
+  return img if order == "rgb" else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib.Path]:
+  """predictions.json and one PNG per image; returns the PNG paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  records, pngs = [], []
+  for (path, img), r in zip(images, results):
+    kp = np.asarray(r["keypoints"], np.float32).reshape(-1, keypoints.get(
+        cfg.data.dataset).num_joints, 3)
+    drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
+                                 boxes=np.asarray(r["bboxes"]).reshape(-1, 4),
+                                 scores=r["scores"], kpt_thr=kpt_thr)
+    png = out_dir / f"{path.stem}.png"
+    cv2.imwrite(str(png), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    pngs.append(png)
+    records.append({
+        "file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
+        "instances": [{"bbox": [float(v) for v in b], "box_score": bs, "score": s,
+                       "keypoints": np.round(k.astype(np.float64), 3).tolist()}
+                      for b, bs, s, k in zip(r["bboxes"], r["box_scores"], r["scores"], kp)]})
+  meta = {"dataset": cfg.data.dataset, "joint_names": list(keypoints.get(
+      cfg.data.dataset).joint_names), "images": records}
+  (out_dir / "predictions.json").write_text(json.dumps(meta))
+  return pngs
+
+
+def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
+        det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
+  """The command without argument parsing; returns the written PNG paths."""
+  from sbpose_jax import evaluate, inference  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  meta = evaluate.read_meta(checkpoint_path)
+  evaluate.check_model_fits(meta, cfg.data.dataset, checkpoint_path)
+  paths = list_images(inputs)
+  thr = cfg.data.det_score_thr if det_score_thr is None else det_score_thr
+  box_table = read_boxes(boxes_file, paths, thr) if boxes_file else None
+  images = []
+  for p in paths:
+    try:
+      images.append((p, pipeline.decode_image(str(p), cfg.data.colour_order)))
+    except pipeline.BadImageError as e:
+      raise ValueError(str(e)) from None
+  boxes = [box_table[p.stem] if box_table is not None
+           else [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
+           for p, img in images]
+  variables, meta = checkpoint.load_model(checkpoint_path)
+  model = evaluate.build_model(cfg, meta)
+  predict_fn = inference.make_predict_fn(model, variables, cfg, meta)
+  results = predict_images(predict_fn, images, boxes, cfg,
+                           int(batch_size or cfg.test.batch_size), use_nms)
+  return write_outputs(out_dir, images, results, cfg, kpt_thr)
+
+
+def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  try:
+    if args.batch_size is not None and args.batch_size <= 0:
+      raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
+    cfg, _ = evaluate.eval_config(config_lib.load(args.config, rest))
+    cfg.model.dtype = args.dtype
+    pngs = run(cfg, args.checkpoint, args.inputs, args.out_dir, args.boxes, args.batch_size,
+               args.det_score_thr, args.kpt_thr, not args.no_nms)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from e
+  print(f"wrote {len(pngs)} pictures and predictions.json to {args.out_dir}", file=sys.stderr)
+  return pngs
+
+
+if __name__ == "__main__":
+  main()
