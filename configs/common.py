@@ -6,6 +6,18 @@ Sizes are width first, as in the reference configs: input_size = (W, H).
 import ml_collections
 
 
+def eval_entry(evaluator: str, every_epochs: int = 10, **data) -> ml_collections.ConfigDict:
+  """One periodic evaluation: an `evaluators.EVALUATORS` type, how often, and `data.*` overrides.
+
+  `data` replaces fields of `config.data` for this evaluation only (e.g. OCHuman's files for a
+  COCO-trained model). `every_steps > 0` wins over `every_epochs`. Training always evaluates at
+  its last step; `every_epochs = 0` and `every_steps = 0` evaluate only there.
+  """
+  return ml_collections.ConfigDict(dict(
+      type=evaluator, every_epochs=every_epochs, every_steps=0,
+      data=ml_collections.ConfigDict(data)))
+
+
 def get_config():
   c = ml_collections.ConfigDict()
   c.name = "common"
@@ -61,6 +73,11 @@ def get_config():
   # Global batch = batch_size_per_device x number of devices. The published checkpoints were
   # trained on 8 GPUs x 64 = 512 with BatchNorm statistics per GPU.
   c.batch_size_per_device = 64
+  # BatchNorm batch statistics are computed over groups of this many images of the global batch
+  # (64 = the reference's per-GPU statistics, whatever the device count); 0 = over the whole
+  # global batch (sync-BN). Must divide the global batch. See docs/training.md.
+  c.bn_group_size = 64
+  c.max_steps = 0                # > 0: stop at this step (the schedule still follows `epochs`)
 
   c.test = ml_collections.ConfigDict(dict(
       flip=True,
@@ -71,10 +88,9 @@ def get_config():
       oks_thr=0.9,
       batch_size=64,
   ))
-  c.evals = ml_collections.ConfigDict(dict(
-      val=ml_collections.ConfigDict(dict(type="coco", every_epochs=10)),
-  ))
+  c.evals = ml_collections.ConfigDict(dict(val=eval_entry("coco")))
 
+  c.eval_at_start = False        # also evaluate before the first step (e.g. an init's score)
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2

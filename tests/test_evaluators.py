@@ -501,3 +501,10 @@ def test_registry_config_and_table(fixtures_dir):
                       "coco")
   assert text.splitlines()[0].split(" | ")[0].strip() == "AP" and "0.718" in text
   assert "81.0" in format_table({"Total": 81.0}, ["Total"])
+
+
+def test_format_table_posetrack_in_percent_even_below_one():
+  metrics = {key: 81.0 for _, key in TABLE_COLUMNS["posetrack18"]}
+  metrics["Wri"] = 0.714
+  row = format_table(metrics, "posetrack18").splitlines()[1]
+  assert "0.7" in row and "0.714" not in row and "81.0" in row

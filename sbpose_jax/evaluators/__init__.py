@@ -147,6 +147,7 @@ def format_table(metrics: dict[str, float], columns=None) -> str:
       None prints every metric.
   """
   note = ""
+  percent = columns == "posetrack18"   # the only table published in percent
   if isinstance(columns, str):
     note = TABLE_NOTES.get(columns, "")
     columns = TABLE_COLUMNS[columns]
@@ -154,7 +155,7 @@ def format_table(metrics: dict[str, float], columns=None) -> str:
   cells = []
   for label, key in columns:
     v = metrics.get(key, float("nan"))
-    text = f"{v:.1f}" if abs(v) > 1.0 else f"{v:.3f}"
+    text = f"{v:.1f}" if percent else f"{v:.3f}"
     width = max(len(label), len(text))
     cells.append((label.rjust(width), text.rjust(width)))
   lines = [" | ".join(c[0] for c in cells), " | ".join(c[1] for c in cells)]
