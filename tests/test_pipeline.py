@@ -1,0 +1,224 @@
+"""grain pipelines: determinism, resume, sharding, evaluation order/padding, bad images."""
+import dataclasses
+import pathlib
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from sbpose_jax import config as config_lib
+from sbpose_jax import geometry
+from sbpose_jax.data import pipeline
+from sbpose_jax.data import readers
+from sbpose_jax.data import synthetic
+
+IN_WH, HM_WH = (48, 64), (12, 16)
+
+
+def _config(**data):
+  overrides = [f"--config.data.{k}={v!r}" for k, v in dict(
+      input_size=IN_WH, heatmap_size=HM_WH, num_workers=0, **data).items()]
+  return config_lib.load("coco_res50", overrides)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return synthetic.generate(tmp_path_factory.mktemp("syn"), {"train": 10, "val": 4}, seed=1,
+                            image_size=(96, 72))
+
+
+@pytest.fixture(scope="module")
+def records(root):
+  r = readers.read_coco(root / "annotations/person_keypoints_train.json", root / "train",
+                        input_size=IN_WH)
+  return r.select(np.arange(len(r) // 4 * 4))  # a multiple of 4 (the sharding test)
+
+
+def _take(ds, n, state=None):
+  it = iter(ds)
+  if state is not None:
+    it.set_state(state)
+  out = [next(it) for _ in range(n)]
+  return out, it
+
+
+def _same(a, b):
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_batch_fields(records):
+  cfg = _config()
+  (b,), _ = _take(pipeline.train_dataset(records, cfg, batch_size=3, seed=0), 1)
+  k = records.num_joints
+  want = {"image": ((3, 64, 48, 3), np.uint8), "target": ((3, 16, 12, k), np.float32),
+          "target_weight": ((3, k), np.float32), "joints": ((3, k, 3), np.float32)}
+  assert {n: (v.shape, v.dtype) for n, v in b.items()} == want
+  assert b["image"].max() > 0 and b["target"].max() == 1.0
+  np.testing.assert_array_equal(b["joints"][..., 2], b["target_weight"])
+  (b,), _ = _take(pipeline.train_dataset(records, cfg, batch_size=3, seed=0,
+                                         host_targets=False), 1)
+  assert "target" not in b and b["joints"].shape == (3, k, 3)
+
+
+def test_same_seed_same_batches_and_resume(records):
+  cfg = _config()
+  make = lambda seed: pipeline.train_dataset(records, cfg, batch_size=4, seed=seed)
+  first, it = _take(make(0), 5)
+  again, _ = _take(make(0), 5)
+  assert all(_same(a, b) for a, b in zip(first, again))
+  other, _ = _take(make(1), 5)
+  assert not all(_same(a, b) for a, b in zip(first, other))
+  # Resume: state after 2 batches, restored into a fresh iterator → batches 3..5 again.
+  _, it = _take(make(0), 2)
+  state = it.get_state()
+  resumed, _ = _take(make(0), 3, state=state)
+  assert all(_same(a, b) for a, b in zip(first[2:], resumed))
+
+
+def test_epochs_are_reshuffled_permutations(records):
+  n = len(records)
+  ds = pipeline.train_dataset(records, _config(), batch_size=1, seed=0, num_epochs=2,
+                              extra_fields=("index",))
+  order = np.concatenate([b["index"] for b in ds])
+  assert len(order) == 2 * n
+  e1, e2 = order[:n], order[n:]
+  assert sorted(e1) == sorted(e2) == list(range(n))
+  assert not np.array_equal(e1, e2)
+
+
+def test_process_shards_are_disjoint_and_cover(records):
+  cfg = _config()
+  shards = [np.concatenate([b["index"] for b in pipeline.train_dataset(
+      records, cfg, batch_size=2, seed=5, process_index=p, process_count=2, num_epochs=1,
+      extra_fields=("index",))]) for p in range(2)]
+  assert len(shards[0]) == len(shards[1]) == len(records) // 2
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(np.concatenate(shards)) == list(range(len(records)))
+
+
+def test_frozen_centre_shift(records):
+  cfg = _config()
+  a = pipeline.shifted_records(records, cfg, seed=3)
+  b = pipeline.shifted_records(records, cfg, seed=3)
+  np.testing.assert_array_equal(a.center_xy, b.center_xy)
+  moved = np.any(a.center_xy != records.center_xy, axis=1)
+  assert 0 < moved.sum() < len(records)
+  off = np.abs(a.center_xy - records.center_xy) / records.bbox_xywh[:, 2:]
+  assert off.max() <= 0.2 + 1e-5
+  assert pipeline.shifted_records(records, _config(shift_prob=0.0), 3) is records
+
+
+def test_eval_every_box_once_padded(records):
+  cfg = _config()
+  n = len(records)
+  batches = list(pipeline.eval_dataset(records, cfg, batch_size=3))
+  assert len(batches) == pipeline.eval_num_batches(n, 3) == -(-n // 3)
+  mask = np.concatenate([b["mask"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  np.testing.assert_array_equal(index[mask], np.arange(n))
+  assert mask[:n].all() and not mask[n:].any() and len(mask) == len(batches) * 3
+  b = batches[0]
+  assert b["image"].shape == (3, 64, 48, 3) and b["image"].dtype == np.uint8
+  assert b["index"].dtype == np.int32 and b["mask"].dtype == np.bool_
+  assert b["center"].shape == b["scale"].shape == (3, 2) and b["bbox_score"].shape == (3,)
+  # The crop is the reference warp of the full image, no augmentation.
+  img = cv2.cvtColor(cv2.imread(records.image_path(0)), cv2.COLOR_BGR2RGB)
+  m = geometry.get_affine_transform(records.center_xy[0], records.scale_wh[0], 0.0, IN_WH)
+  np.testing.assert_array_equal(b["image"][0], cv2.warpAffine(img, m, IN_WH,
+                                                              flags=cv2.INTER_LINEAR))
+  # Two processes: disjoint, together every box once, same number of batches each.
+  parts = [list(pipeline.eval_dataset(records, cfg, 2, process_index=p, process_count=2))
+           for p in range(2)]
+  assert len(parts[0]) == len(parts[1])
+  seen = np.concatenate([b["index"][b["mask"]] for part in parts for b in part])
+  assert sorted(seen) == list(range(n))
+
+
+def _with_bad_image(records, tmp_path, kind):
+  root = tmp_path / "images"
+  shutil.copytree(records.image_root, root)
+  bad = root / str(records.image_files[records.image_index[0]])
+  if kind == "missing":
+    bad.unlink()
+  else:
+    bad.write_bytes(b"not a jpeg")
+  return dataclasses.replace(records, image_root=str(root)), bad
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_bad_image_named_or_skipped(records, tmp_path, kind):
+  bad_records, bad = _with_bad_image(records, tmp_path, kind)
+  n_bad = int((bad_records.image_index == bad_records.image_index[0]).sum())  # boxes on it
+  with pytest.raises(pipeline.BadImageError, match=bad.name):
+    list(pipeline.eval_dataset(bad_records, _config(), 4))
+  with pytest.raises(pipeline.BadImageError, match=bad.name):
+    list(pipeline.train_dataset(bad_records, _config(), batch_size=2, seed=0, num_epochs=1))
+  cfg = _config(skip_bad_images=True)
+  batches = list(pipeline.train_dataset(bad_records, cfg, batch_size=2, seed=0, num_epochs=1,
+                                        extra_fields=("index",)))
+  index = np.concatenate([b["index"] for b in batches])
+  assert len(index) == len(records)  # batches stay full
+  bad_rows = np.flatnonzero(bad_records.image_index == bad_records.image_index[0])
+  assert not np.isin(index, bad_rows).any()
+  assert sum(int(b["skipped"].sum()) for b in batches) >= n_bad
+  ev = list(pipeline.eval_dataset(bad_records, cfg, 4))
+  mask = np.concatenate([b["mask"] for b in ev])[:len(records)]
+  assert (~mask).sum() == n_bad
+
+
+def test_two_workers_give_the_same_batches(records):
+  cfg = _config()
+  kw = dict(batch_size=4, seed=2)
+  ref, _ = _take(pipeline.train_dataset(records, cfg, num_workers=0, **kw), 4)
+  mp, it = _take(pipeline.train_dataset(records, cfg, num_workers=2, **kw), 2)
+  state = it.get_state()
+  more = [next(it) for _ in range(2)]
+  it.close()
+  assert all(_same(a, b) for a, b in zip(ref, mp + more))
+  resumed, it = _take(pipeline.train_dataset(records, cfg, num_workers=2, **kw), 2, state=state)
+  it.close()
+  assert all(_same(a, b) for a, b in zip(ref[2:], resumed))
+
+
+def test_iterator_state_through_grain_checkpoint(records, tmp_path):
+  """The state round-trips through grain's orbax handler (what training checkpoints)."""
+  import grain  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  cfg = _config()
+  make = lambda: pipeline.train_dataset(records, cfg, batch_size=2, seed=4)
+  ref, _ = _take(make(), 4)
+  _, it = _take(make(), 3)
+  grain.checkpoint.CheckpointHandler().save(epath.Path(tmp_path), it)
+  fresh = iter(make())
+  grain.checkpoint.CheckpointHandler().restore(epath.Path(tmp_path), fresh)
+  assert _same(next(fresh), ref[3])
+
+
+def test_global_batches_single_process(records):
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax import sharding as jsh  # pylint: disable=import-outside-toplevel
+  sharding = jsh.NamedSharding(jsh.Mesh(np.array(jax.devices()), ("data",)),
+                               jsh.PartitionSpec("data"))
+  local, it = _take(pipeline.train_dataset(records, _config(), batch_size=2, seed=0), 1)
+  (glob,) = list(pipeline.global_batches(iter(local), sharding))
+  assert glob.keys() == local[0].keys()
+  for k in glob:
+    assert isinstance(glob[k], jax.Array) and glob[k].sharding == sharding
+    np.testing.assert_array_equal(np.asarray(glob[k]), local[0][k])
+
+
+def test_browse_dataset_writes_png(tmp_path):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "browse_dataset.py"
+  spec = importlib.util.spec_from_file_location("browse_dataset", path)
+  browse = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(browse)
+  common = [f"--config.data.root={tmp_path / 'syn'}", "--config.synthetic.num_train=3",
+            "--config.synthetic.num_val=2", "--config.synthetic.image_size=(96, 72)",
+            "--num", "4", "--out", str(tmp_path / "out")]
+  browse.main(["--config", "demo"] + common)
+  browse.main(["--config", "demo", "--eval"] + common)
+  for name in ("demo_train.png", "demo_val.png"):
+    img = cv2.imread(str(tmp_path / "out" / name))
+    assert img is not None and img.shape[0] > 100 and img.std() > 10
