@@ -109,8 +109,19 @@ def _metadata_tree(ckptr, directory: pathlib.Path):
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict, ModelMeta]:
-  """Loads (variables as numpy float32 trees, meta) from a saved model or a training workdir."""
-  directory = resolve_model_dir(path)
+  """Loads (variables as numpy float32 trees, meta) from a saved model or a training workdir.
+
+  A workdir without model_best / model_last yet (a run still in progress) falls back to its
+  latest training checkpoint.
+  """
+  try:
+    directory = resolve_model_dir(path)
+  except ValueError:
+    from sbpose_jax import train_state  # pylint: disable=import-outside-toplevel
+    found = train_state.latest_model(path)
+    if found is None:
+      raise
+    return found
   meta = ModelMeta.from_json((directory / META_FILE).read_text(), str(directory / META_FILE))
   with ocp.StandardCheckpointer() as ckptr:
     tree = _metadata_tree(ckptr, directory.absolute() / VARIABLES_DIR)

@@ -61,20 +61,6 @@ def parse_args(argv: Sequence[str] | None):
   return args, rest
 
 
-def eval_config(config: ml_collections.ConfigDict, name: str | None = None
-                ) -> tuple[ml_collections.ConfigDict, str]:
-  """(config with `evals.<name>.data` applied to `data`, evaluator type). Unlocked copy."""
-  names = list(config.evals.keys())
-  if not names:
-    raise ValueError(f"config {config.name!r} has no evals entry")
-  name = name or names[0]
-  if name not in config.evals:
-    raise ValueError(f"--eval {name!r}: config has evals {names}")
-  ecfg = ml_collections.ConfigDict(config.to_dict())
-  ecfg.data.update(dict(config.evals[name].get("data", {})))
-  return ecfg, config.evals[name].type
-
-
 def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
   """Command-line paths and switches → cfg (absolute paths survive `root / path`)."""
   d = cfg.data
@@ -218,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   from sbpose_jax.data.pipeline import BadImageError  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load(args.config, overrides)
-    cfg, eval_type = eval_config(config, args.eval)
+    cfg, eval_type = config_lib.eval_config(config, args.eval)
     apply_flags(cfg, args)
     if args.results:
       metrics = score_results(cfg, eval_type, args.results)

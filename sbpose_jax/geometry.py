@@ -29,7 +29,8 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
-def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25):
+def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25, *,
+                         divide_in_float64: bool = False):
   """Person box → crop centre and scale (MM `bbox_xywh2cs`, reference-conventions §1.1).
 
   The aspect fix only enlarges. Arithmetic follows the reference: centre and aspect fix in
@@ -40,6 +41,9 @@ def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25):
     bbox_xywh: (4,) or (N, 4) top-left x, y, width, height in pixels.
     aspect_ratio: input W / H (0.75 for 192x256).
     padding: 1.25 for every dataset of the table (1.0: no padding).
+    divide_in_float64: divide by 200 before the float32 cast, as the 2020 dataset code
+      (`_xywh2cs`) that built the published checkpoints' records did; v0.29 divides after.
+      The two differ by at most one float32 step.
   Returns:
     center (…, 2) float32 pixels, scale (…, 2) float32 box size / 200.
   """
@@ -51,7 +55,11 @@ def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25):
   wide, tall = w > aspect_ratio * h, w < aspect_ratio * h
   h_fixed = np.where(wide, w * 1.0 / aspect_ratio, h)
   w_fixed = np.where(tall, h * aspect_ratio, w)
-  scale = np.stack([w_fixed, h_fixed], axis=-1).astype(np.float32) / np.float32(PIXEL_STD)
+  scale = np.stack([w_fixed, h_fixed], axis=-1)
+  if divide_in_float64:
+    scale = (scale / PIXEL_STD).astype(np.float32)
+  else:
+    scale = scale.astype(np.float32) / np.float32(PIXEL_STD)
   return center, scale * np.float32(padding)
 
 

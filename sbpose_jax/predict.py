@@ -246,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
   try:
     if args.batch_size is not None and args.batch_size <= 0:
       raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
-    cfg, _ = evaluate.eval_config(config_lib.load(args.config, rest))
+    cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
     cfg.model.dtype = args.dtype
     pngs = run(cfg, args.checkpoint, args.inputs, args.out_dir, args.boxes, args.batch_size,
                args.det_score_thr, args.kpt_thr, not args.no_nms)

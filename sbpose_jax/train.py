@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from sbpose_jax import checkpoint
+from sbpose_jax import config as config_lib
 from sbpose_jax import heatmaps as heatmaps_lib
 from sbpose_jax import inference
 from sbpose_jax import keypoints
@@ -134,14 +135,6 @@ def to_global_batch(local: Mapping[str, np.ndarray], sharding, global_batch: int
   """This process's rows -> global arrays sharded on the batch axis."""
   return {k: jax.make_array_from_process_local_data(
       sharding, np.asarray(local[k]), (global_batch, *np.shape(local[k])[1:])) for k in keys}
-
-
-def eval_config(config, name: str) -> ml_collections.ConfigDict:
-  """The config an evaluation sees: `config.data` updated with `evals.<name>.data`."""
-  ecfg = ml_collections.ConfigDict(config.to_dict())
-  with ecfg.unlocked():
-    ecfg.data.update(dict(config.evals[name].get("data", {})))
-  return ecfg
 
 
 def _eval_due(ev, step: int, epoch_steps: int) -> bool:
@@ -273,7 +266,7 @@ def _eval_sets(run: _Run) -> dict:
       if ev.type not in evaluators.EVALUATORS:
         raise ValueError(f"evals.{name}.type={ev.type!r} is unknown; known: "
                          f"{sorted(evaluators.EVALUATORS)}")
-      ecfg = eval_config(run.config, name)
+      ecfg, _ = config_lib.eval_config(run.config, name)
       run.eval_sets[name] = (ecfg, readers.read_split(ecfg.data, "val"))
   return run.eval_sets
 
@@ -485,7 +478,6 @@ def main(argv=None) -> int:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
-    from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     config = config_lib.load(args.config, rest)
     workdir = args.workdir or os.path.join("runs", config.name)
     results = train_and_evaluate(config, workdir, progress=not args.no_progress)

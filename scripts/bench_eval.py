@@ -147,7 +147,7 @@ def main(argv=None):
     overrides.append(f"--config.data.num_workers={args.workers}")
   if args.dtype:
     overrides.append(f"--config.model.dtype='{args.dtype}'")
-  cfg, eval_type = evaluate.eval_config(config_lib.load("coco_res50", overrides))
+  cfg, eval_type = config_lib.eval_config(config_lib.load("coco_res50", overrides))
   skip = set(filter(None, args.skip.split(",")))
   dev = jax.devices()[0]
   out = dict(device=f"{dev.platform}:{dev.device_kind}", num_images=args.num_images,

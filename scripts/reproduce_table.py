@@ -111,8 +111,7 @@ def parse_overrides(items) -> list[tuple[str, str, str]]:
 def row_config(name: str, args, overrides):
   """The evaluation config of one row (data root, float32, CLI-level overrides)."""
   from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
-  cfg, eval_type = evaluate.eval_config(config_lib.load(name, args.config_overrides))
+  cfg, eval_type = config_lib.eval_config(config_lib.load(name, args.config_overrides))
   cfg.model.dtype = args.dtype
   if args.data_root:
     cfg.data.root = str(pathlib.Path(args.data_root) / pathlib.PurePath(cfg.data.root).name)

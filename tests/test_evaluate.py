@@ -285,7 +285,7 @@ def test_bad_command_lines(tmp_path, capsys, model_dir):
 
 
 def test_eval_config_applies_the_eval_entry():
-  cfg, kind = evaluate.eval_config(config_lib.load("ochuman_res50"))
+  cfg, kind = config_lib.eval_config(config_lib.load("ochuman_res50"))
   assert kind == "ochuman" and cfg.data.dataset == "ochuman" and cfg.data.use_gt_bbox
 
 

@@ -8,6 +8,7 @@ slower, not faster; docs/benchmarks.md.)
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -212,6 +212,12 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
   assert any(l.get("img_per_s", 0) > 0 for l in train_lines)
   assert sorted((work / "samples").iterdir())
   assert (work / "tb").is_dir()
+  for name in ("model_best", "model_last"):   # as in a run still in progress
+    shutil.rmtree(work / name, ignore_errors=True)
+  fallback, fallback_meta = checkpoint.load_model(work)
+  assert fallback_meta.num_joints == 17
+  np.testing.assert_array_equal(fallback["params"]["conv1"]["kernel"],
+                                latest["params"]["conv1"]["kernel"])
 
 
 # ------------------------------------------------------------- kill -9 and resume (CPU)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sbpose_jax import geometry
 from sbpose_jax import keypoints
 from sbpose_jax.data.records import Records, concat
 
@@ -68,26 +69,10 @@ def float_list(obj: dict, key: str, length: int, path, where: str) -> list:
 
 
 def box_to_center_scale(bbox_xywh, input_size: Sequence[int], padding: float = 1.25):
-  """Boxes -> crop centre and scale, MMPose 0.x / MS `_xywh2cs` without the random shift.
-
-  Args:
-    bbox_xywh: (N, 4) boxes (x, y, w, h), any float dtype (computed in float64 like the reference,
-      which works on Python floats).
-    input_size: (W_in, H_in) of the network input; aspect = W_in / H_in.
-    padding: context factor (1.25).
-  Returns:
-    center_xy (N, 2) float32 = box centre (no +-0.5 corrections); scale_wh (N, 2) float32 =
-    aspect-enlarged box / 200, cast to float32 before the padding multiply as in 2020 MMPose.
-  """
+  """Boxes (N, 4) -> centre, scale (N, 2) float32 as the 2020 readers computed them (§1.1)."""
   box = np.asarray(bbox_xywh, np.float64).reshape(-1, 4)
-  x, y, w, h = box.T
-  aspect = input_size[0] / input_size[1]
-  center = np.stack([x + w * 0.5, y + h * 0.5], -1).astype(np.float32)
-  wide, tall = w > aspect * h, w < aspect * h   # enlarge, never shrink
-  w_fix = np.where(tall, h * aspect, w)
-  h_fix = np.where(wide, w * 1.0 / aspect, h)
-  scale = np.stack([w_fix / PIXEL_STD, h_fix / PIXEL_STD], -1).astype(np.float32)
-  return center, scale * np.float32(padding)
+  return geometry.box_to_center_scale(box, input_size[0] / input_size[1], padding,
+                                      divide_in_float64=True)
 
 
 def sanitise_gt_boxes(bbox_xywh, image_wh, area=None):
