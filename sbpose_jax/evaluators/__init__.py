@@ -109,13 +109,18 @@ def _mpii_results(path: str, n: int) -> np.ndarray:
   for i, r in enumerate(res):
     if "index" not in r or not 0 <= int(r["index"]) < n:
       raise ValueError(f"{path}: entry {i} needs an 'index' in [0, {n}) (the annotation row)")
-    k = np.asarray(r.get("keypoints", []), np.float64)
-    if k.size != 48:
-      raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; MPII has 16")
-    if not np.isfinite(k).all():
-      raise ValueError(f"{path}: entry {i} contains NaN or inf")
-    out[int(r["index"])] = k.reshape(16, 3)[:, :2]
+    out[int(r["index"])] = _entry_keypoints(path, i, r, 16, "MPII")[:, :2]
   return out
+
+
+def _entry_keypoints(path: str, i: int, entry: dict, num_joints: int, name: str) -> np.ndarray:
+  """(K, 3) keypoints of results entry i, checked for the joint count and finite values."""
+  k = np.asarray(entry.get("keypoints", []), np.float64)
+  if k.size != 3 * num_joints:
+    raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; {name} has {num_joints}")
+  if not np.isfinite(k).all():
+    raise ValueError(f"{path}: entry {i} contains NaN or inf")
+  return k.reshape(num_joints, 3)
 
 
 def _trb_results(path: str, ann_file: str) -> dict[int, np.ndarray]:
@@ -129,12 +134,7 @@ def _trb_results(path: str, ann_file: str) -> dict[int, np.ndarray]:
     key = r.get("ann_id", r.get("bbox_id"))
     if key not in known:
       raise ValueError(f"{path}: entry {i} refers to annotation id {key!r}, not in {ann_file}")
-    k = np.asarray(r.get("keypoints", []), np.float64)
-    if k.size != 120:
-      raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; MPII-TRB has 40")
-    if not np.isfinite(k).all():
-      raise ValueError(f"{path}: entry {i} contains NaN or inf")
-    out[key] = k.reshape(40, 3)
+    out[key] = _entry_keypoints(path, i, r, 40, "MPII-TRB")
   return out
 
 
