@@ -27,11 +27,6 @@ from sbpose_jax import geometry
 from sbpose_jax import heatmaps as heatmaps_lib
 from sbpose_jax import keypoints
 
-# ImageNet statistics in RGB order. MSRA checkpoints were trained on BGR data normalised with
-# these same constants applied channel by index, so they are never permuted (checkpoint-formats §4).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 PredictFn = Callable[[Mapping[str, np.ndarray]], Any]
 
 
@@ -51,8 +46,10 @@ def normalize(images: jax.Array, data_order: str = "rgb", model_order: str = "rg
   x = images.astype(jnp.float32)
   if data_order != model_order:
     x = x[..., ::-1]
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  # MSRA checkpoints were trained on BGR data normalised with these RGB-ordered constants
+  # applied channel by index, so they are never permuted (checkpoint-formats §4).
+  mean = jnp.asarray(geometry.IMAGENET_MEAN_RGB, jnp.float32)
+  std = jnp.asarray(geometry.IMAGENET_STD_RGB, jnp.float32)
   return (x / 255.0 - mean) / std
 
 

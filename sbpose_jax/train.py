@@ -179,12 +179,8 @@ class _Run:
 
 def _prepare_data(config):
   """Generates the synthetic dataset if the config asks for it; reads the training records."""
-  from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
-  if "synthetic" in config:
-    from sbpose_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-    syn = config.synthetic
-    synthetic.ensure_synthetic(config.data.root, {"train": syn.num_train, "val": syn.num_val},
-                               seed=syn.seed, image_size=tuple(syn.image_size))
+  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
+  synthetic.ensure_from_config(config)
   return readers.read_split(config.data, "train")
 
 

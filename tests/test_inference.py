@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sbpose_jax import config as config_lib
-from sbpose_jax import inference, keypoints
+from sbpose_jax import geometry, inference, keypoints
 
 TINY = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)"]
 
@@ -57,13 +57,13 @@ def test_normalize_values_and_channel_order():
   img = np.zeros((1, 2, 2, 3), np.uint8)
   img[..., 0], img[..., 1], img[..., 2] = 10, 120, 250
   rgb = np.asarray(inference.normalize(img, "rgb", "rgb"))
-  want = (np.array([10, 120, 250]) / 255.0 - np.array(inference.IMAGENET_MEAN)) / np.array(
-      inference.IMAGENET_STD)
+  want = (np.array([10, 120, 250]) / 255.0 - np.array(geometry.IMAGENET_MEAN_RGB)) / np.array(
+      geometry.IMAGENET_STD_RGB)
   np.testing.assert_allclose(rgb[0, 0, 0], want, rtol=1e-5)
   # Data RGB, weights BGR: channels are swapped, constants still applied by index.
   bgr = np.asarray(inference.normalize(img, "rgb", "bgr"))
-  want_bgr = (np.array([250, 120, 10]) / 255.0 - np.array(inference.IMAGENET_MEAN)) / np.array(
-      inference.IMAGENET_STD)
+  want_bgr = (np.array([250, 120, 10]) / 255.0 - np.array(geometry.IMAGENET_MEAN_RGB)) / np.array(
+      geometry.IMAGENET_STD_RGB)
   np.testing.assert_allclose(bgr[0, 0, 0], want_bgr, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(inference.normalize(img, "bgr", "bgr")), rgb)
   with pytest.raises(ValueError, match="colour order"):
@@ -239,8 +239,8 @@ def test_predict_fn_matches_reference_pipeline(tiny):
   got = np.asarray(predict(batch))
 
   # Reference: two separate forward passes, numpy flip-back/shift/average/decode/transform.
-  x = (batch["image"].astype(np.float32) / 255 - np.array(inference.IMAGENET_MEAN)) / np.array(
-      inference.IMAGENET_STD)
+  x = (batch["image"].astype(np.float32) / 255 - np.array(geometry.IMAGENET_MEAN_RGB)) / np.array(
+      geometry.IMAGENET_STD_RGB)
   fwd = jax.jit(functools.partial(model.apply, variables, train=False))
   h1 = np.moveaxis(np.asarray(fwd(jnp.asarray(x, jnp.float32))), -1, 1)
   h2 = np.moveaxis(np.asarray(fwd(jnp.asarray(x[:, :, ::-1], jnp.float32))), -1, 1)
