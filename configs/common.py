@@ -54,6 +54,7 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(
       depth=50,
       style="pytorch",           # or "caffe": stride on the first 1x1 conv
+      width=64,                  # backbone base width; 64 in every published model
       num_deconv_layers=3,
       deconv_filters=(256, 256, 256),
       deconv_kernels=(4, 4, 4),

@@ -36,6 +36,7 @@ class ModelMeta:
   depth: int
   num_joints: int
   style: str = "pytorch"
+  width: int = 64
   num_deconv_layers: int = 3
   deconv_filters: tuple[int, ...] = (256, 256, 256)
   deconv_kernels: tuple[int, ...] = (4, 4, 4)
@@ -54,7 +55,8 @@ class ModelMeta:
 
   def model_config(self) -> dict[str, Any]:
     """The `config.model`-style fields (without dtype) for `models.build`."""
-    return dict(depth=self.depth, style=self.style, num_deconv_layers=self.num_deconv_layers,
+    return dict(depth=self.depth, style=self.style, width=self.width,
+                num_deconv_layers=self.num_deconv_layers,
                 deconv_filters=self.deconv_filters, deconv_kernels=self.deconv_kernels,
                 final_conv_kernel=self.final_conv_kernel)
 

@@ -109,7 +109,7 @@ def split_layout(sd: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarra
 
 
 def infer_arch(bare: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Depth, head shape and K from the bare state dict (style cannot be inferred)."""
+  """Depth, width, head shape and K from the bare state dict (style cannot be inferred)."""
   counts = []
   for stage in range(1, 5):
     idx = {int(m.group(1)) for k in bare if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
@@ -125,7 +125,8 @@ def infer_arch(bare: Mapping[str, np.ndarray]) -> dict[str, Any]:
       raise ConvertError(f"deconv_layers.{3 * len(filters)}.weight has shape {w.shape}")
     filters.append(int(w.shape[1]))
     kernels.append(int(w.shape[2]))
-  arch = dict(depth=depth, num_deconv_layers=len(filters), deconv_filters=tuple(filters),
+  arch = dict(depth=depth, width=int(bare["conv1.weight"].shape[0]),
+              num_deconv_layers=len(filters), deconv_filters=tuple(filters),
               deconv_kernels=tuple(kernels), final_conv_kernel=1, num_joints=0,
               backbone_only=not any(k.startswith(HEAD_PREFIXES) for k in bare))
   final = bare.get("final_layer.weight")
@@ -146,8 +147,8 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
   return ".".join(modules + [LEAF_NAMES[(collection, path[-1])]])
 
 
-ARCH_FIELDS = ("depth", "num_joints", "num_deconv_layers", "deconv_filters", "deconv_kernels",
-               "final_conv_kernel", "backbone_only")
+ARCH_FIELDS = ("depth", "width", "num_joints", "num_deconv_layers", "deconv_filters",
+               "deconv_kernels", "final_conv_kernel", "backbone_only")
 
 
 def abstract_variables(arch: Mapping[str, Any], style: str = "pytorch"):
@@ -162,7 +163,7 @@ def _abstract_variables(key: tuple, style: str):
   arch = dict(key)
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   if arch.get("backbone_only"):
-    model = models.ResNet(depth=arch["depth"], style=style)
+    model = models.ResNet(depth=arch["depth"], style=style, width=arch.get("width", 64))
   else:
     model = models.build(dict(arch, style=style, dtype="float32"), arch.get("num_joints", 17))
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x))
@@ -247,7 +248,7 @@ def load_pth(src: str | os.PathLike, style: str = "pytorch", verify_hash: bool =
   except ConvertError as e:
     raise ConvertError(f"{src}: {e}") from None
   meta = checkpoint.ModelMeta(
-      depth=arch["depth"], num_joints=arch["num_joints"], style=style,
+      depth=arch["depth"], num_joints=arch["num_joints"], style=style, width=arch["width"],
       num_deconv_layers=arch["num_deconv_layers"], deconv_filters=arch["deconv_filters"],
       deconv_kernels=arch["deconv_kernels"], final_conv_kernel=arch["final_conv_kernel"],
       colour_order=COLOUR_ORDER[layout], dataset=guess_dataset(src.name, arch["num_joints"]),
@@ -258,7 +259,7 @@ def load_pth(src: str | os.PathLike, style: str = "pytorch", verify_hash: bool =
 def check_against_config(meta: checkpoint.ModelMeta, config) -> None:
   """Raises ConvertError when the file's architecture contradicts config.model / config.data."""
   model = config.model
-  wanted = dict(depth=model.depth)
+  wanted = dict(depth=model.depth, width=model.get("width", 64))
   if not meta.backbone_only:
     wanted.update(num_deconv_layers=model.num_deconv_layers,
                   deconv_filters=tuple(model.deconv_filters),

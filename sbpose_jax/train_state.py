@@ -282,6 +282,7 @@ def latest_model(workdir: str | os.PathLike) -> tuple[dict, checkpoint.ModelMeta
   m, d = cfg["model"], cfg["data"]
   meta = checkpoint.ModelMeta(
       depth=m["depth"], num_joints=keypoints.get(d["dataset"]).num_joints, style=m["style"],
+      width=m.get("width", 64),
       num_deconv_layers=m["num_deconv_layers"], deconv_filters=m["deconv_filters"],
       deconv_kernels=m["deconv_kernels"], final_conv_kernel=m["final_conv_kernel"],
       colour_order=d["colour_order"], dataset=d["dataset"],
@@ -314,7 +315,7 @@ def save_model_atomic(dst: pathlib.Path, variables: dict, meta: checkpoint.Model
 
 def model_meta(config, model, step: int) -> checkpoint.ModelMeta:
   return checkpoint.ModelMeta(
-      depth=model.depth, num_joints=model.num_joints, style=model.style,
+      depth=model.depth, num_joints=model.num_joints, style=model.style, width=model.width,
       num_deconv_layers=model.num_deconv_layers, deconv_filters=tuple(model.deconv_filters),
       deconv_kernels=tuple(model.deconv_kernels), final_conv_kernel=model.final_conv_kernel,
       colour_order=config.data.colour_order, dataset=config.data.dataset,

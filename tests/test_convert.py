@@ -20,6 +20,7 @@ torch.set_num_threads(2)
 import torch_reference as tr  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from sbpose_jax import checkpoint  # noqa: E402
+from sbpose_jax import config as config_lib  # noqa: E402
 from sbpose_jax import convert  # noqa: E402
 from sbpose_jax import models  # noqa: E402
 
@@ -123,6 +124,25 @@ def test_head_variants(tmp_path, filters, kernels, final):
   got = jit_apply(flax_model(meta), variables, x)(variables, x)
   assert got.shape == want.shape
   assert np.abs(got - want).max() < TOL
+
+
+def test_thin_resnet_parity_and_saved_width(tmp_path):
+  # A non-published base width (the CPU demo's): inferred from conv1, kept through save/load,
+  # and checked against the config.
+  model, x, want = reference(18, (64, 64), num_joints=5, width=16,
+                             deconv_filters=(32, 32, 32))
+  path = tmp_path / "thin.pth"
+  tr.save(model, "mm1", "zip", path)
+  variables, meta = convert.load_pth(path)
+  assert meta.width == 16
+  assert variables["params"]["layer4_0"]["conv1"]["kernel"].shape == (3, 3, 64, 128)
+  assert np.abs(jit_apply(flax_model(meta), variables, x)(variables, x) - want).max() < TOL
+  checkpoint.save_model(tmp_path / "saved", variables, meta)
+  assert checkpoint.load_model(tmp_path / "saved")[1].width == 16
+  config = config_lib.load("demo")
+  config.model.update(depth=18, width=64)  # the file's width is checked first
+  with pytest.raises(convert.ConvertError, match="width=16 but config"):
+    convert.check_against_config(meta, config)
 
 
 def test_bfloat16_against_float32(tmp_path, r18):

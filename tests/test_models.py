@@ -1,4 +1,9 @@
 """PoseResNet in Flax: parameter trees (via eval_shape), output sizes, init, BatchNorm, dtypes."""
+import importlib.util
+import json
+import pathlib
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,13 +86,22 @@ def test_head_shapes(kernels, final):
     assert variables["params"][f"deconv_layers_{3 * i}"]["kernel"].shape[:2] == (k, k)
 
 
-def test_deconv_padding_rule():
-  # torch (p, op) -> flax (k - 1 - p, k - 1 - p + op)
-  assert pose_resnet.deconv_padding(4) == (2, 2)
-  assert pose_resnet.deconv_padding(3) == (1, 2)
-  assert pose_resnet.deconv_padding(2) == (1, 1)
+@pytest.mark.parametrize("k", [4, 3, 2])
+def test_subpixel_deconv_equals_conv_transpose(k):
+  # The head's sub-pixel form against Flax's own transposed conv with torch's padding rule:
+  # torch (p, op) -> flax (k - 1 - p, k - 1 - p + op) on the dilated input.
+  p, op = pose_resnet.DECONV_PADDING[k]
+  pad = (k - 1 - p, k - 1 - p + op)
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.standard_normal((2, 5, 4, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((k, k, 3, 6)), jnp.float32)
+  want = nn.ConvTranspose(3, (k, k), (2, 2), padding=(pad, pad), transpose_kernel=True,
+                          use_bias=False).apply({"params": {"kernel": kernel}}, x)
+  got = pose_resnet.Deconv(3, k).apply({"params": {"kernel": kernel}}, x)
+  assert got.shape == want.shape == (2, 10, 8, 3)
+  np.testing.assert_allclose(got, want, atol=1e-5)
   with pytest.raises(ValueError, match="deconv kernel 5"):
-    pose_resnet.deconv_padding(5)
+    pose_resnet.Deconv(3, 5).init(jax.random.key(0), x)
 
 
 def test_build_from_config_bf16_compute_f32_params():
@@ -137,3 +151,14 @@ def test_init_and_batchnorm_train_update():
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(updates["batch_stats"]["bn1"]["var"], 0.9 + 0.1 * y.var((0, 1, 2)),
                              rtol=1e-4)
+
+
+def test_bench_deconv_script_runs(capsys):
+  path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench_deconv.py"
+  spec = importlib.util.spec_from_file_location("bench_deconv", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(["--channels", "4", "--hw", "3", "2", "--batch", "1", "--repeats", "1"])
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [r["impl"] for r in rows] == ["conv_transpose", "subpixel"]
+  assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in rows)

@@ -69,15 +69,15 @@ class PoseResNet(nn.Module):
   """ResNet + deconv head. `num_joints=0` builds the backbone alone (plus `fc` if num_classes)."""
 
   def __init__(self, depth, num_joints=17, style="pytorch", deconv_filters=(256, 256, 256),
-               deconv_kernels=(4, 4, 4), final_conv_kernel=1, num_classes=0):
+               deconv_kernels=(4, 4, 4), final_conv_kernel=1, num_classes=0, width=64):
     super().__init__()
     kind, counts = BLOCKS[depth]
     block = BasicBlock if kind == "basic" else Bottleneck
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
+    self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    self.inplanes = 64
-    for i, (planes, n) in enumerate(zip([64, 128, 256, 512], counts)):
+    self.inplanes = width
+    for i, (planes, n) in enumerate(zip([width, 2 * width, 4 * width, 8 * width], counts)):
       setattr(self, f"layer{i + 1}", self._stage(block, planes, n, 1 if i == 0 else 2, style))
     self.num_joints = num_joints
     if num_classes:

@@ -15,7 +15,7 @@ def build(model_config: Mapping[str, Any], num_joints: int, **overrides) -> Pose
   """Makes a PoseResNet from the `config.model` section (see configs/common.py).
 
   Args:
-    model_config: ConfigDict or dict with depth, style, num_deconv_layers, deconv_filters,
+    model_config: ConfigDict or dict with depth, style, width, num_deconv_layers, deconv_filters,
       deconv_kernels, final_conv_kernel and dtype (a string such as "bfloat16"; optional).
     num_joints: K, the dataset's joint count.
     **overrides: fields replacing the config's (e.g. dtype="float32" for parity checks).
@@ -31,6 +31,7 @@ def build(model_config: Mapping[str, Any], num_joints: int, **overrides) -> Pose
       depth=int(cfg.get("depth", 50)),
       num_joints=int(num_joints),
       style=str(cfg.get("style", "pytorch")),
+      width=int(cfg.get("width", 64)),
       num_deconv_layers=int(cfg.get("num_deconv_layers", 3)),
       deconv_filters=tuple(int(f) for f in cfg.get("deconv_filters", (256, 256, 256))),
       deconv_kernels=tuple(int(k) for k in cfg.get("deconv_kernels", (4, 4, 4))),

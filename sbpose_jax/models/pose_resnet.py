@@ -1,14 +1,16 @@
 """PoseResNet (Simple Baselines): ResNet backbone + transposed-conv head -> K heatmaps at 1/4.
 
 Submodule names follow the PyTorch keys of the original code: backbone `conv1`, `bn1`,
-`layer{s}_{b}`; head `deconv_layers_{3i}` (ConvTranspose), `deconv_layers_{3i+1}` (BatchNorm;
-index 3i+2 is the ReLU), `final_layer`.
+`layer{s}_{b}`; head `deconv_layers_{3i}` (ConvTranspose, computed by `Deconv`),
+`deconv_layers_{3i+1}` (BatchNorm; index 3i+2 is the ReLU), `final_layer`.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sbpose_jax.models import resnet
@@ -18,16 +20,53 @@ DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
 HEAD_INIT = nn.initializers.normal(0.001)  # deconv and final conv weights N(0, 0.001^2)
 
 
-def deconv_padding(kernel: int) -> tuple[int, int]:
-  """Flax explicit padding (lo, hi) equal to torch's ConvTranspose2d(k, s=2, p, op).
+def subpixel_taps(kernel: int) -> list[tuple[int, int, int]]:
+  """(phase a, tap t, offset d) with out[2m + a] += x[m + d] * w[t], per spatial axis.
 
-  With transpose_kernel=True Flax dilates the input and convolves with the flipped kernel, so
-  torch's (p, op) becomes (k - 1 - p, k - 1 - p + op). 'SAME' agrees for k = 2, 4 only.
+  For torch's ConvTranspose2d(k, stride 2, padding p): out[o] = sum over o = 2i - p + t of
+  x[i] w[t], so output phase a = o % 2 reads input m + (a + p - t) / 2 when a + p - t is even.
   """
   if kernel not in DECONV_PADDING:
     raise ValueError(f"deconv kernel {kernel} not supported; choose from {sorted(DECONV_PADDING)}")
-  p, op = DECONV_PADDING[kernel]
-  return (kernel - 1 - p, kernel - 1 - p + op)
+  p, _ = DECONV_PADDING[kernel]
+  return [(a, t, (a + p - t) // 2) for a in (0, 1) for t in range(kernel) if (a + p - t) % 2 == 0]
+
+
+class Deconv(nn.Module):
+  """A stride-2 transposed conv computed as one ordinary conv + depth-to-space (sub-pixel).
+
+  The same function and the same parameter (`kernel`, (k, k, out, in), as nn.ConvTranspose
+  with transpose_kernel=True, i.e. torch's weight transposed (2, 3, 1, 0)). The 2x2 output
+  phases of a stride-2 transposed conv each read a few neighbours of the undilated input, so one
+  conv with 4*out channels on the input computes all of them: no multiplications with inserted
+  zeros, and XLA:CPU's fast conv path (3x faster forward+backward than conv_transpose there).
+  """
+  features: int
+  kernel_size: int = 4
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    k, out, inp = self.kernel_size, self.features, x.shape[-1]
+    taps = subpixel_taps(k)
+    kernel = self.param("kernel", HEAD_INIT, (k, k, out, inp), jnp.float32)
+    kernel = kernel.astype(self.dtype)
+    lo = -min(d for *_, d in taps)
+    n = max(d for *_, d in taps) + lo + 1
+    # Weights moving x[m + d] to output phase (ay, ax), per (dy, dx, ay, ax); zero if none.
+    source = {(dy + lo, dx + lo, ay, ax): (ty, tx) for ay, ty, dy in taps for ax, tx, dx in taps}
+    zero = jnp.zeros((inp, out), self.dtype)
+    sub = jnp.stack([kernel[source[key]].T if key in source else zero
+                     for key in itertools.product(range(n), range(n), (0, 1), (0, 1))])
+    sub = sub.reshape(n, n, 2, 2, inp, out).transpose(0, 1, 4, 2, 3, 5).reshape(
+        n, n, inp, 4 * out)
+    pad = (lo, n - 1 - lo)
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), sub, (1, 1), (pad, pad),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision)
+    b, h, w, _ = y.shape
+    return y.reshape(b, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, out)
 
 
 class PoseResNet(nn.Module):
@@ -37,6 +76,7 @@ class PoseResNet(nn.Module):
     depth: ResNet depth, 18/34/50/101/152.
     num_joints: K, output channels.
     style: "pytorch" (stride on the 3x3 conv) or "caffe" (stride on the first 1x1 conv).
+    width: backbone base width (64 for every published model; see resnet.resnet_features).
     num_deconv_layers, deconv_filters, deconv_kernels: the head's transposed convs (stride 2).
     final_conv_kernel: 1 or 3.
     dtype: compute dtype (params stay float32).
@@ -45,6 +85,7 @@ class PoseResNet(nn.Module):
   depth: int = 50
   num_joints: int = 17
   style: str = "pytorch"
+  width: int = 64
   num_deconv_layers: int = 3
   deconv_filters: Sequence[int] = (256, 256, 256)
   deconv_kernels: Sequence[int] = (4, 4, 4)
@@ -70,13 +111,10 @@ class PoseResNet(nn.Module):
     self._check()
     conv, norm = resnet.layers(self.dtype, self.precision, train)
     x = resnet.resnet_features(x.astype(self.dtype), depth=self.depth, style=self.style,
-                               conv=conv, norm=norm)
+                               conv=conv, norm=norm, width=self.width)
     for i, (f, k) in enumerate(zip(self.deconv_filters, self.deconv_kernels)):
-      pad = deconv_padding(k)
-      x = nn.ConvTranspose(f, (k, k), (2, 2), padding=(pad, pad), transpose_kernel=True,
-                           use_bias=False, kernel_init=HEAD_INIT, dtype=self.dtype,
-                           param_dtype=jnp.float32, precision=self.precision,
-                           name=f"deconv_layers_{3 * i}")(x)
+      x = Deconv(f, k, dtype=self.dtype, precision=self.precision,
+                 name=f"deconv_layers_{3 * i}")(x)
       x = nn.relu(norm(name=f"deconv_layers_{3 * i + 1}")(x))
     p = self.final_conv_kernel // 2
     x = nn.Conv(self.num_joints, (self.final_conv_kernel,) * 2, padding=((p, p), (p, p)),

@@ -30,10 +30,10 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def out_channels(depth: int) -> int:
+def out_channels(depth: int, width: int = 64) -> int:
   """Channels of the last stage (C5): 512 for ResNet-18/34, 2048 for ResNet-50/101/152."""
   block, _ = DEPTHS[depth]
-  return STAGE_WIDTHS[-1] * EXPANSION[block]
+  return STAGE_WIDTHS[-1] * width // 64 * EXPANSION[block]
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -101,7 +101,7 @@ def layers(dtype: Any, precision: Any, train: bool):
   return conv, norm
 
 
-def resnet_features(x, *, depth: int, style: str, conv, norm):
+def resnet_features(x, *, depth: int, style: str, conv, norm, width: int = 64):
   """Stem + four stages, creating submodules in the calling module's `@nn.compact` scope.
 
   A function rather than a submodule, so the parameters sit at the top level of the caller
@@ -109,6 +109,8 @@ def resnet_features(x, *, depth: int, style: str, conv, norm):
 
   Args:
     x: (B, H, W, 3) normalised image.
+    width: channels of the stem and the first stage (64 in every published ResNet); stage s
+      has width * 2**(s-1) planes. Smaller values make thin ResNets for CPU demos and tests.
   Returns:
     (B, ceil(H/32), ceil(W/32), out_channels(depth)) C5 features.
   """
@@ -117,11 +119,14 @@ def resnet_features(x, *, depth: int, style: str, conv, norm):
   if style not in STYLES:
     raise ValueError(f"unknown ResNet style {style!r}; choose from {STYLES}")
   block_type, counts = DEPTHS[depth]
-  x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
+  if width < 1:
+    raise ValueError(f"ResNet width must be positive, got {width}")
+  x = conv(width, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
   x = nn.relu(norm(name="bn1")(x))
   x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
-  in_ch = 64
+  in_ch = width
   for stage, (planes, n) in enumerate(zip(STAGE_WIDTHS, counts), start=1):
+    planes = planes * width // 64
     out_ch = planes * EXPANSION[block_type]
     for b in range(n):
       stride = 2 if (b == 0 and stage > 1) else 1
@@ -140,6 +145,7 @@ class ResNet(nn.Module):
   """The backbone alone (no avgpool/fc): (B, H, W, 3) -> C5 features (B, H/32, W/32, C)."""
   depth: int = 50
   style: str = "pytorch"
+  width: int = 64
   dtype: Any = jnp.float32
   precision: Any = None
 
@@ -147,5 +153,5 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     conv, norm = layers(self.dtype, self.precision, train)
     x = resnet_features(x.astype(self.dtype), depth=self.depth, style=self.style,
-                        conv=conv, norm=norm)
+                        conv=conv, norm=norm, width=self.width)
     return x.astype(jnp.float32)
