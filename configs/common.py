@@ -59,6 +59,7 @@ def get_config():
       deconv_filters=(256, 256, 256),
       deconv_kernels=(4, 4, 4),
       final_conv_kernel=1,
+      deconv_impl="transpose",   # or "subpixel": the same function, faster to train on CPUs
       dtype="bfloat16",          # compute dtype; params are always float32
   ))
   c.init_checkpoint = ""         # torchvision ImageNet ResNet .pth (or converted dir)

@@ -153,6 +153,21 @@ def test_init_and_batchnorm_train_update():
                              rtol=1e-4)
 
 
+def test_deconv_impls_are_one_function():
+  # The same variables drive both forms of the head (checkpoints are interchangeable).
+  kw = dict(depth=18, num_joints=3, width=8, deconv_filters=(8, 8), num_deconv_layers=2,
+            deconv_kernels=(4, 3))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
+  sub = models.PoseResNet(deconv_impl="subpixel", **kw)
+  variables = sub.init(jax.random.key(1), x)
+  variables = jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)),
+                           variables)  # non-trivial BatchNorm statistics and head weights
+  want = models.PoseResNet(deconv_impl="transpose", **kw).apply(variables, x)
+  np.testing.assert_allclose(sub.apply(variables, x), want, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="deconv_impl"):
+    models.PoseResNet(deconv_impl="fft", **kw).init(jax.random.key(0), x)
+
+
 def test_bench_deconv_script_runs(capsys):
   path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench_deconv.py"
   spec = importlib.util.spec_from_file_location("bench_deconv", path)

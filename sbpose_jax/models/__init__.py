@@ -36,6 +36,7 @@ def build(model_config: Mapping[str, Any], num_joints: int, **overrides) -> Pose
       deconv_filters=tuple(int(f) for f in cfg.get("deconv_filters", (256, 256, 256))),
       deconv_kernels=tuple(int(k) for k in cfg.get("deconv_kernels", (4, 4, 4))),
       final_conv_kernel=int(cfg.get("final_conv_kernel", 1)),
+      deconv_impl=str(cfg.get("deconv_impl", "transpose")),
       dtype=dtype,
       precision=cfg.get("precision"),
   )
