@@ -25,6 +25,11 @@ VARIABLES_DIR = "variables"
 WORKDIR_MODELS = ("model_best", "model_last")  # what training writes with save_model
 
 
+# The ModelMeta fields that are `config.model` fields too: what `models.build` needs.
+MODEL_FIELDS = ("depth", "style", "width", "num_deconv_layers", "deconv_filters",
+                "deconv_kernels", "final_conv_kernel")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelMeta:
   """What a saved model is and what input it expects.
@@ -55,10 +60,12 @@ class ModelMeta:
 
   def model_config(self) -> dict[str, Any]:
     """The `config.model`-style fields (without dtype) for `models.build`."""
-    return dict(depth=self.depth, style=self.style, width=self.width,
-                num_deconv_layers=self.num_deconv_layers,
-                deconv_filters=self.deconv_filters, deconv_kernels=self.deconv_kernels,
-                final_conv_kernel=self.final_conv_kernel)
+    return {f: getattr(self, f) for f in MODEL_FIELDS}
+
+  @classmethod
+  def from_model_config(cls, model_config, **fields) -> "ModelMeta":
+    """The architecture from a `config.model` section (missing fields keep their defaults)."""
+    return cls(**{f: model_config[f] for f in MODEL_FIELDS if f in model_config}, **fields)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

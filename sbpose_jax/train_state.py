@@ -280,11 +280,8 @@ def latest_model(workdir: str | os.PathLike) -> tuple[dict, checkpoint.ModelMeta
   variables, step = found
   cfg = json.loads(path.read_text())
   m, d = cfg["model"], cfg["data"]
-  meta = checkpoint.ModelMeta(
-      depth=m["depth"], num_joints=keypoints.get(d["dataset"]).num_joints, style=m["style"],
-      width=m.get("width", 64),
-      num_deconv_layers=m["num_deconv_layers"], deconv_filters=m["deconv_filters"],
-      deconv_kernels=m["deconv_kernels"], final_conv_kernel=m["final_conv_kernel"],
+  meta = checkpoint.ModelMeta.from_model_config(
+      m, num_joints=keypoints.get(d["dataset"]).num_joints,
       colour_order=d["colour_order"], dataset=d["dataset"],
       source=f"sbpose_jax.train {cfg.get('name')} step {step} (training checkpoint)")
   return variables, meta
@@ -314,10 +311,8 @@ def save_model_atomic(dst: pathlib.Path, variables: dict, meta: checkpoint.Model
 
 
 def model_meta(config, model, step: int) -> checkpoint.ModelMeta:
-  return checkpoint.ModelMeta(
-      depth=model.depth, num_joints=model.num_joints, style=model.style, width=model.width,
-      num_deconv_layers=model.num_deconv_layers, deconv_filters=tuple(model.deconv_filters),
-      deconv_kernels=tuple(model.deconv_kernels), final_conv_kernel=model.final_conv_kernel,
+  return checkpoint.ModelMeta.from_model_config(
+      {f: getattr(model, f) for f in checkpoint.MODEL_FIELDS}, num_joints=model.num_joints,
       colour_order=config.data.colour_order, dataset=config.data.dataset,
       source=f"sbpose_jax.train {config.name} step {step}")
 

@@ -49,8 +49,7 @@ def main(argv=None) -> None:
   k, c, dtype = args.kernel, args.channels, jnp.dtype(args.dtype)
   rng = np.random.default_rng(0)
 
-  p, op = pose_resnet.DECONV_PADDING[k]
-  pad = (k - 1 - p, k - 1 - p + op)
+  pad = pose_resnet.deconv_padding(k)
   deconvs = {
       "conv_transpose": nn.ConvTranspose(c, (k, k), (2, 2), padding=(pad, pad),
                                          transpose_kernel=True, use_bias=False, dtype=dtype),

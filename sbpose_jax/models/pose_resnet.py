@@ -21,15 +21,20 @@ HEAD_INIT = nn.initializers.normal(0.001)  # deconv and final conv weights N(0, 
 DECONV_IMPLS = ("transpose", "subpixel")
 
 
+def torch_deconv_padding(kernel: int) -> tuple[int, int]:
+  """torch ConvTranspose2d (padding, output_padding) of the reference head for kernel k."""
+  if kernel not in DECONV_PADDING:
+    raise ValueError(f"deconv kernel {kernel} not supported; choose from {sorted(DECONV_PADDING)}")
+  return DECONV_PADDING[kernel]
+
+
 def deconv_padding(kernel: int) -> tuple[int, int]:
   """Flax explicit padding (lo, hi) equal to torch's ConvTranspose2d(k, s=2, p, op).
 
   With transpose_kernel=True Flax dilates the input and convolves with the flipped kernel, so
   torch's (p, op) becomes (k - 1 - p, k - 1 - p + op). 'SAME' agrees for k = 2, 4 only.
   """
-  if kernel not in DECONV_PADDING:
-    raise ValueError(f"deconv kernel {kernel} not supported; choose from {sorted(DECONV_PADDING)}")
-  p, op = DECONV_PADDING[kernel]
+  p, op = torch_deconv_padding(kernel)
   return (kernel - 1 - p, kernel - 1 - p + op)
 
 
@@ -39,9 +44,7 @@ def subpixel_taps(kernel: int) -> list[tuple[int, int, int]]:
   For torch's ConvTranspose2d(k, stride 2, padding p): out[o] = sum over o = 2i - p + t of
   x[i] w[t], so output phase a = o % 2 reads input m + (a + p - t) / 2 when a + p - t is even.
   """
-  if kernel not in DECONV_PADDING:
-    raise ValueError(f"deconv kernel {kernel} not supported; choose from {sorted(DECONV_PADDING)}")
-  p, _ = DECONV_PADDING[kernel]
+  p, _ = torch_deconv_padding(kernel)
   return [(a, t, (a + p - t) // 2) for a in (0, 1) for t in range(kernel) if (a + p - t) % 2 == 0]
 
 
