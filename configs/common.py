@@ -5,6 +5,8 @@ Sizes are width first, as in the reference configs: input_size = (W, H).
 """
 import ml_collections
 
+from sbpose_jax import saved_model
+
 
 def eval_entry(evaluator: str, every_epochs: int = 10, **data) -> ml_collections.ConfigDict:
   """One periodic evaluation: an `evaluators.EVALUATORS` type, how often, and `data.*` overrides.
@@ -51,14 +53,9 @@ def get_config():
       skip_bad_images=False,
   ))
 
+  # The architecture (depth 50, style, width, head) as saved_model.ModelMeta documents it.
   c.model = ml_collections.ConfigDict(dict(
-      depth=50,
-      style="pytorch",           # or "caffe": stride on the first 1x1 conv
-      width=64,                  # backbone base width; 64 in every published model
-      num_deconv_layers=3,
-      deconv_filters=(256, 256, 256),
-      deconv_kernels=(4, 4, 4),
-      final_conv_kernel=1,
+      **saved_model.ModelMeta.default_architecture(),
       deconv_impl="transpose",   # or "subpixel": the same function, faster to train on CPUs
       dtype="bfloat16",          # compute dtype; params are always float32
   ))

@@ -23,7 +23,6 @@ import hashlib
 import os
 import pathlib
 import re
-import shutil
 import sys
 from typing import Any, Mapping
 
@@ -31,10 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbpose_jax import checkpoint
 from sbpose_jax import keypoints
-from sbpose_jax import models
 from sbpose_jax import pth
+from sbpose_jax import saved_model
 from sbpose_jax.models import resnet
 
 COLOUR_ORDER = {"mmpose0": "rgb", "mmpose1": "rgb", "poseresnet": "bgr", "torchvision": "rgb",
@@ -147,26 +145,17 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
   return ".".join(modules + [LEAF_NAMES[(collection, path[-1])]])
 
 
-ARCH_FIELDS = ("depth", "width", "num_joints", "num_deconv_layers", "deconv_filters",
-               "deconv_kernels", "final_conv_kernel", "backbone_only")
-
-
-def abstract_variables(arch: Mapping[str, Any], style: str = "pytorch"):
-  """Shape/dtype tree of the Flax model for `arch` (head-less for backbone_only)."""
-  key = tuple((k, tuple(v) if isinstance(v, list) else v)
-              for k, v in ((k, arch.get(k)) for k in ARCH_FIELDS) if v is not None)
-  return _abstract_variables(key, style)
+def abstract_variables(meta: saved_model.ModelMeta):
+  """Shape/dtype tree of the Flax model of `meta` (head-less for backbone_only)."""
+  # Only the architecture matters: one cache entry per architecture, not per file.
+  return _abstract_variables(dataclasses.replace(meta, colour_order="rgb", dataset="",
+                                                 source="", step=0))
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_variables(key: tuple, style: str):
-  arch = dict(key)
-  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
-  if arch.get("backbone_only"):
-    model = models.ResNet(depth=arch["depth"], style=style, width=arch.get("width", 64))
-  else:
-    model = models.build(dict(arch, style=style, dtype="float32"), arch.get("num_joints", 17))
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+def _abstract_variables(meta: saved_model.ModelMeta):
+  model = saved_model.build_model(meta)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
 
 
 def _from_torch(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -178,13 +167,12 @@ def _from_torch(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndar
   return np.ascontiguousarray(value)
 
 
-def to_variables(bare: Mapping[str, np.ndarray], arch: Mapping[str, Any],
-                 style: str = "pytorch") -> dict:
+def to_variables(bare: Mapping[str, np.ndarray], meta: saved_model.ModelMeta) -> dict:
   """Bare PoseResNet state dict -> {"params", "batch_stats"} numpy float32 trees.
 
   Raises ConvertError naming the keys that matched nothing and the ones missing.
   """
-  abstract = abstract_variables(arch, style)
+  abstract = abstract_variables(meta)
   used, missing = set(), []
   out: dict = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
@@ -200,8 +188,7 @@ def to_variables(bare: Mapping[str, np.ndarray], arch: Mapping[str, Any],
     node[names[-1]] = _from_torch(key, bare[key], leaf.shape)
   unused = [k for k in bare if k not in used and not k.endswith("num_batches_tracked")]
   if missing or unused:
-    depth = arch["depth"]
-    raise ConvertError(f"unknown layout for a ResNet-{depth} PoseResNet: keys matching nothing: "
+    raise ConvertError(f"unknown layout for a ResNet-{meta.depth} PoseResNet: keys matching nothing: "
                        f"{_short(unused) or 'none'}; missing: {_short(missing) or 'none'}")
   return out
 
@@ -244,97 +231,34 @@ def load_pth(src: str | os.PathLike, style: str = "pytorch", verify_hash: bool =
   try:
     layout, bare = split_layout(extract_state_dict(obj))
     arch = infer_arch(bare)
-    variables = to_variables(bare, arch, style)
+    meta = saved_model.ModelMeta(
+        **arch, style=style, colour_order=COLOUR_ORDER[layout],
+        dataset=guess_dataset(src.name, arch["num_joints"]), source=f"{src.name} ({layout})")
+    variables = to_variables(bare, meta)
   except ConvertError as e:
     raise ConvertError(f"{src}: {e}") from None
-  meta = checkpoint.ModelMeta(
-      depth=arch["depth"], num_joints=arch["num_joints"], style=style, width=arch["width"],
-      num_deconv_layers=arch["num_deconv_layers"], deconv_filters=arch["deconv_filters"],
-      deconv_kernels=arch["deconv_kernels"], final_conv_kernel=arch["final_conv_kernel"],
-      colour_order=COLOUR_ORDER[layout], dataset=guess_dataset(src.name, arch["num_joints"]),
-      source=f"{src.name} ({layout})", backbone_only=arch["backbone_only"])
   return variables, meta
 
 
-def check_against_config(meta: checkpoint.ModelMeta, config) -> None:
-  """Raises ConvertError when the file's architecture contradicts config.model / config.data."""
-  model = config.model
-  wanted = dict(depth=model.depth, width=model.get("width", 64))
-  if not meta.backbone_only:
-    wanted.update(num_deconv_layers=model.num_deconv_layers,
-                  deconv_filters=tuple(model.deconv_filters),
-                  deconv_kernels=tuple(model.deconv_kernels),
-                  final_conv_kernel=model.final_conv_kernel,
-                  num_joints=keypoints.get(config.data.dataset).num_joints)
-  for field, value in wanted.items():
-    got = getattr(meta, field)
-    if got != value:
-      where = "data.dataset" if field == "num_joints" else f"model.{field}"
-      raise ConvertError(f"the checkpoint has {field}={got} but config {config.name} implies "
-                         f"{value} ({where})")
-
-
-def load_backbone_init(path: str | os.PathLike) -> dict:
-  """Backbone variables {"params", "batch_stats"} from a .pth of any layout or a saved model.
-
-  This is how training initialises from `config.init_checkpoint` (torchvision ImageNet ResNet):
-  merge the result into a fresh init with `merge_backbone`. The style is irrelevant to the
-  weights (only to the forward pass), so none is asked for.
-  """
-  path = pathlib.Path(path)
-  if path.is_dir():
-    variables, _ = checkpoint.load_model(path)
-  else:
-    variables, _ = load_pth(path)
-  return {col: {k: v for k, v in tree.items() if not models.is_head_key(k)}
-          for col, tree in variables.items()}
-
-
-def merge_backbone(variables: Mapping, backbone: Mapping) -> dict:
-  """Returns `variables` with the backbone entries replaced by `backbone`'s (shapes checked)."""
-  out = {col: dict(tree) for col, tree in variables.items()}
-  for col, tree in backbone.items():
-    for name, sub in tree.items():
-      if name not in out.get(col, {}):
-        raise ConvertError(f"init checkpoint has {col}/{name}, which the model lacks")
-      want = jax.tree.map(np.shape, out[col][name])
-      got = jax.tree.map(np.shape, sub)
-      if want != got:
-        raise ConvertError(f"init checkpoint {col}/{name} shapes {got} differ from the model's "
-                           f"{want} (another ResNet depth?)")
-      out[col][name] = jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), sub, out[col][name])
-  return out
-
-
-def _write_atomically(dst: pathlib.Path, variables: dict, meta: checkpoint.ModelMeta) -> None:
-  if dst.exists() and not checkpoint.is_saved_model(dst) and not (
-      dst.is_dir() and not any(dst.iterdir())):
-    raise ConvertError(f"{dst} exists and is not a saved model; refusing to overwrite it")
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-  old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-  try:
-    checkpoint.save_model(tmp, variables, meta)
-    if dst.exists():
-      dst.rename(old)
-    tmp.rename(dst)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def convert(src, dst, config=None, style: str | None = None, colour_order: str | None = None,
-            verify_hash: bool = True) -> checkpoint.ModelMeta:
+            verify_hash: bool = True) -> saved_model.ModelMeta:
   """Converts the .pth `src` into the saved model `dst`; nothing is left at `dst` on failure."""
   if style is None:
     style = config.model.style if config is not None else "pytorch"
   variables, meta = load_pth(src, style=style, verify_hash=verify_hash)
   if config is not None:
-    check_against_config(meta, config)
+    try:
+      saved_model.check_matches_config(meta, config)
+    except ValueError as e:
+      raise ConvertError(str(e)) from None
     meta = dataclasses.replace(meta, dataset=config.data.dataset)
   if colour_order:
     meta = dataclasses.replace(meta, colour_order=colour_order)
-  _write_atomically(pathlib.Path(dst), variables, meta)
+  dst = pathlib.Path(dst)
+  if dst.exists() and not saved_model.is_saved_model(dst) and not (
+      dst.is_dir() and not any(dst.iterdir())):
+    raise ConvertError(f"{dst} exists and is not a saved model; refusing to overwrite it")
+  saved_model.save_model_atomic(dst, variables, meta)
   return meta
 
 

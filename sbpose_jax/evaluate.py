@@ -22,7 +22,7 @@ from typing import Sequence
 
 import ml_collections
 
-from sbpose_jax import checkpoint, keypoints
+from sbpose_jax import saved_model, workdir
 from sbpose_jax import config as config_lib
 
 
@@ -106,24 +106,6 @@ def check_inputs(cfg, need_images: bool = True) -> None:
       raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def read_meta(path) -> checkpoint.ModelMeta:
-  """The saved model's meta.json only (cheap; the variables are loaded later)."""
-  directory = checkpoint.resolve_model_dir(path)
-  return checkpoint.ModelMeta.from_json((directory / checkpoint.META_FILE).read_text(),
-                                        str(directory / checkpoint.META_FILE))
-
-
-def check_model_fits(meta: checkpoint.ModelMeta, dataset: str, path) -> None:
-  info = keypoints.get(dataset)
-  if meta.backbone_only or meta.num_joints == 0:
-    raise ValueError(f"{path} is a backbone without a pose head; it cannot be evaluated")
-  if meta.num_joints != info.num_joints:
-    raise ValueError(
-        f"{path} predicts {meta.num_joints} joints but dataset {dataset!r} has "
-        f"{info.num_joints}; use a checkpoint trained on {dataset} (the model's meta.json "
-        f"says dataset={meta.dataset or 'unknown'!r})")
-
-
 def evaluator_kwargs(cfg, eval_type: str) -> dict:
   """Ground-truth files some metrics read besides the annotation json.
 
@@ -138,18 +120,6 @@ def evaluator_kwargs(cfg, eval_type: str) -> dict:
   return kw
 
 
-def build_model(cfg, meta: checkpoint.ModelMeta):
-  """The saved model's architecture at cfg's compute dtype.
-
-  float32 means float32 throughout: convolutions run at 'highest' precision, so GPUs do not
-  silently use TF32 (which can move an argmax; checkpoint-formats §5.3). bfloat16 is the fast
-  setting.
-  """
-  from sbpose_jax import models  # pylint: disable=import-outside-toplevel
-  precision = "highest" if str(cfg.model.dtype) == "float32" else None
-  return models.build(cfg.model, meta.num_joints, **meta.model_config(), precision=precision)
-
-
 def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
                    ) -> dict[str, float]:
   """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
@@ -157,16 +127,16 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
   from sbpose_jax import evaluators, inference  # pylint: disable=import-outside-toplevel
   from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
 
-  meta = read_meta(checkpoint_path)
-  check_model_fits(meta, cfg.data.dataset, checkpoint_path)
+  meta = workdir.read_meta(checkpoint_path)
+  saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   check_inputs(cfg)
   if eval_type not in evaluators.EVALUATORS:
     raise ValueError(f"evaluation type {eval_type!r} unknown; known: "
                      f"{sorted(evaluators.EVALUATORS)}")
   t0 = time.perf_counter()
   records = readers.read_split(cfg.data, "val")
-  variables, meta = checkpoint.load_model(checkpoint_path)
-  model = build_model(cfg, meta)
+  variables, meta = workdir.load_model(checkpoint_path)
+  model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict = inference.make_predict_fn(model, variables, cfg, meta)
   evaluator = evaluators.EVALUATORS[eval_type](records, cfg, **evaluator_kwargs(cfg, eval_type))
   if progress:

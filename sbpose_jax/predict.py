@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from sbpose_jax import checkpoint, geometry, keypoints, visualize
+from sbpose_jax import geometry, keypoints, saved_model, visualize, workdir
 from sbpose_jax import config as config_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -213,10 +213,10 @@ def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
-  from sbpose_jax import evaluate, inference  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  meta = evaluate.read_meta(checkpoint_path)
-  evaluate.check_model_fits(meta, cfg.data.dataset, checkpoint_path)
+  meta = workdir.read_meta(checkpoint_path)
+  saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   paths = list_images(inputs)
   thr = cfg.data.det_score_thr if det_score_thr is None else det_score_thr
   box_table = read_boxes(boxes_file, paths, thr) if boxes_file else None
@@ -229,8 +229,8 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   boxes = [box_table[p.stem] if box_table is not None
            else [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
            for p, img in images]
-  variables, meta = checkpoint.load_model(checkpoint_path)
-  model = evaluate.build_model(cfg, meta)
+  variables, meta = workdir.load_model(checkpoint_path)
+  model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict_fn = inference.make_predict_fn(model, variables, cfg, meta)
   results = predict_images(predict_fn, images, boxes, cfg,
                            int(batch_size or cfg.test.batch_size), use_nms)

@@ -27,16 +27,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sbpose_jax import checkpoint
 from sbpose_jax import config as config_lib
 from sbpose_jax import heatmaps as heatmaps_lib
 from sbpose_jax import inference
+from sbpose_jax import init_weights
 from sbpose_jax import keypoints
 from sbpose_jax import losses
 from sbpose_jax import models
 from sbpose_jax import optim
 from sbpose_jax import train_log
 from sbpose_jax import train_state as ts
+from sbpose_jax import workdir as workdir_lib
 
 TRAIN_KEYS = ("image", "target", "target_weight")
 
@@ -170,7 +171,7 @@ class _Run:
   global_batch: int
   lr_fn: Any
   data_sharding: Any
-  ckpts: ts.TrainCheckpoints
+  ckpts: workdir_lib.TrainCheckpoints
   logger: train_log.RunLogger
   eval_sets: dict = dataclasses.field(default_factory=dict)
   pending: list = dataclasses.field(default_factory=list)
@@ -214,7 +215,7 @@ def _initial_state(run: _Run, tx, replicated) -> tuple[ts.TrainState, int]:
   hw = tuple(config.data.input_size)[::-1]
   latest = run.ckpts.latest_step()
   if latest is None:
-    variables = ts.initial_variables(config, model, int(config.seed))
+    variables = init_weights.initial_variables(config, model, int(config.seed))
     state = ts.create_train_state(model, tx, rng, hw, variables)
     return jax.device_put(state, replicated), 0
   abstract = jax.eval_shape(lambda: ts.create_train_state(model, tx, rng, hw))
@@ -303,29 +304,17 @@ def _evaluate(run: _Run, state, step: int, names) -> dict[str, dict[str, float]]
 def _save_models(run: _Run, state, step: int, results: Mapping, last: bool) -> float | None:
   """model_best when the first evaluation's main metric improved; model_last when `last`."""
   score = None
+  meta = workdir_lib.model_meta(run.config, step)
   if results:
     name = next(iter(run.config.evals))
     if name in results:
       metric = main_metric(run.config.evals[name].type, results[name])
       score = results[name][metric]
-      best = ts.read_best(run.workdir)
-      if math.isfinite(score) and (best is None or score > best["value"] or (
-          best["step"] == step)):
-        ts.save_model_atomic(run.workdir / "model_best", ts.state_variables(state),
-                             ts.model_meta(run.config, run.model, step))
-        ts.write_best(run.workdir, f"{name}/{metric}", score, step)
+      workdir_lib.save_if_best(run.workdir, f"{name}/{metric}", score,
+                               ts.state_variables(state), meta)
   if last:
-    ts.save_model_atomic(run.workdir / "model_last", ts.state_variables(state),
-                         ts.model_meta(run.config, run.model, step))
+    workdir_lib.save_last(run.workdir, ts.state_variables(state), meta)
   return score
-
-
-def _already_finished(workdir: pathlib.Path, step: int) -> bool:
-  path = workdir / "model_last"
-  if not checkpoint.is_saved_model(path):
-    return False
-  meta = checkpoint.ModelMeta.from_json((path / checkpoint.META_FILE).read_text())
-  return meta.source.endswith(f" step {step}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -342,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   workdir = pathlib.Path(workdir)
   # --- Data, sizes, schedule, model.
-  ts.check_workdir_config(workdir, config)
+  workdir_lib.check_config(workdir, config)
   info = keypoints.get(config.data.dataset)
   train_records = _prepare_data(config)
   global_batch, group = _check_batch(config, jax.device_count())
@@ -356,8 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
                           tuple(int(v) for v in config.data.heatmap_size),
                           float(config.data.sigma))
-  ckpts = ts.TrainCheckpoints(workdir, int(config.keep_checkpoints),
-                              metric="score" if config.evals else None)
+  ckpts = workdir_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
+                                       metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
@@ -403,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         _save_models(run, state, step, {}, last=True)
       if save:
         ckpts.save(step, state, train_iter, None if score is None else {"score": score})
-    if start == stop and not _already_finished(workdir, stop):
+    if start == stop and workdir_lib.last_step(workdir) != stop:
       # Killed between the last checkpoint and model_last: finish the job.
       results = _evaluate(run, state, stop, list(config.evals)) if config.evals else {}
       _save_models(run, state, stop, results, last=True)

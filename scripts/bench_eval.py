@@ -71,11 +71,11 @@ def random_model(path: pathlib.Path, depth: int) -> pathlib.Path:
   """A saved PoseResNet with random weights (no init compile: shapes via eval_shape)."""
   import jax
   import jax.numpy as jnp
-  from sbpose_jax import checkpoint, models
-  if checkpoint.is_saved_model(path):
+  from sbpose_jax import saved_model
+  if saved_model.is_saved_model(path):
     return path
-  meta = checkpoint.ModelMeta(depth=depth, num_joints=17, dataset="coco", source="random")
-  model = models.build(meta.model_config(), 17)
+  meta = saved_model.ModelMeta(depth=depth, num_joints=17, dataset="coco", source="random")
+  model = saved_model.build_model(meta)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 192, 3)))
   rng = np.random.default_rng(0)
 
@@ -88,16 +88,16 @@ def random_model(path: pathlib.Path, depth: int) -> pathlib.Path:
     if name.endswith("['bias']"):
       return np.zeros(s.shape, np.float32)
     return (rng.normal(size=s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-  checkpoint.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
+  saved_model.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
   return path
 
 
 def bench_forward(cfg, model_dir, batch_size: int, iters: int) -> float:
   """boxes/s of the jitted predict function on a device-resident batch (async, one sync)."""
   import jax
-  from sbpose_jax import checkpoint, evaluate, inference
-  variables, meta = checkpoint.load_model(model_dir)
-  model = evaluate.build_model(cfg, meta)
+  from sbpose_jax import inference, saved_model
+  variables, meta = saved_model.load_model(model_dir)
+  model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict = inference.make_predict_fn(model, variables, cfg, meta)
   w, h = cfg.data.input_size
   rng = np.random.default_rng(0)

@@ -125,12 +125,12 @@ def row_config(name: str, args, overrides):
 
 def model_for(stem: str, args) -> pathlib.Path:
   """A saved model for checkpoint `stem`: given pre-converted, cached, or converted now."""
-  from sbpose_jax import checkpoint, convert  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import convert, saved_model  # pylint: disable=import-outside-toplevel
   ready = pathlib.Path(args.checkpoints) / stem
-  if checkpoint.is_saved_model(ready):
+  if saved_model.is_saved_model(ready):
     return ready
   dst = pathlib.Path(args.out_dir) / "models" / stem
-  if checkpoint.is_saved_model(dst):
+  if saved_model.is_saved_model(dst):
     return dst
   src = pathlib.Path(args.checkpoints) / f"{stem}.pth"
   if not src.is_file():

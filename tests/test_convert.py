@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,10 +18,12 @@ torch.set_num_threads(2)
 
 import torch_reference as tr  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from sbpose_jax import checkpoint  # noqa: E402
 from sbpose_jax import config as config_lib  # noqa: E402
 from sbpose_jax import convert  # noqa: E402
+from sbpose_jax import init_weights  # noqa: E402
 from sbpose_jax import models  # noqa: E402
+from sbpose_jax import saved_model  # noqa: E402
+from sbpose_jax import workdir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -47,8 +48,15 @@ def reference(depth, hw=(32, 32), style="pytorch", num_joints=17, batch=1, seed=
   return model, x, tr.forward_nhwc(model, x)
 
 
+def backbone_of(path):
+  """Backbone variables {"params", "batch_stats"} of a .pth of any layout or a saved model."""
+  variables, _ = init_weights.load_init(path)
+  return {col: {k: v for k, v in tree.items() if not models.is_head_key(k)}
+          for col, tree in variables.items()}
+
+
 def flax_model(meta, dtype="float32"):
-  return models.build(meta.model_config(), meta.num_joints, dtype=dtype)
+  return saved_model.build_model(meta, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +145,12 @@ def test_thin_resnet_parity_and_saved_width(tmp_path):
   assert meta.width == 16
   assert variables["params"]["layer4_0"]["conv1"]["kernel"].shape == (3, 3, 64, 128)
   assert np.abs(jit_apply(flax_model(meta), variables, x)(variables, x) - want).max() < TOL
-  checkpoint.save_model(tmp_path / "saved", variables, meta)
-  assert checkpoint.load_model(tmp_path / "saved")[1].width == 16
+  saved_model.save_model(tmp_path / "saved", variables, meta)
+  assert saved_model.load_model(tmp_path / "saved")[1].width == 16
   config = config_lib.load("demo")
   config.model.update(depth=18, width=64)  # the file's width is checked first
-  with pytest.raises(convert.ConvertError, match="width=16 but config"):
-    convert.check_against_config(meta, config)
+  with pytest.raises(ValueError, match="width=16 but config"):
+    saved_model.check_matches_config(meta, config)
 
 
 def test_bfloat16_against_float32(tmp_path, r18):
@@ -176,22 +184,22 @@ def test_torchvision_backbone(tmp_path):
     got = apply(variables, x)
     assert np.abs(got / np.abs(got).max() - feats).max() < TOL
 
-  init = convert.load_backbone_init(path)
+  init = backbone_of(path)
   assert set(init) == {"params", "batch_stats"} and "fc" not in init["params"]
-  fresh = jax.eval_shape(lambda: models.build(dict(depth=18), 17).init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  fresh = convert.abstract_variables(saved_model.ModelMeta(depth=18, num_joints=17))
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-  merged = convert.merge_backbone(fresh, init)
+  merged = init_weights.merge_backbone(fresh, init)
   np.testing.assert_array_equal(merged["params"]["layer4_1"]["conv2"]["kernel"],
                                 init["params"]["layer4_1"]["conv2"]["kernel"])
   np.testing.assert_array_equal(merged["params"]["final_layer"]["kernel"], 0)
-  r50 = convert.abstract_variables(dict(depth=50, backbone_only=True))
-  with pytest.raises(convert.ConvertError, match="another ResNet depth"):
-    convert.merge_backbone(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), r50), init)
+  r50 = convert.abstract_variables(saved_model.ModelMeta(depth=50, num_joints=0,
+                                                         backbone_only=True))
+  with pytest.raises(ValueError, match="another ResNet depth"):
+    init_weights.merge_backbone(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), r50), init)
   # A converted backbone directory is accepted too.
   dst = tmp_path / "backbone"
   assert convert.main([str(path), str(dst)]) == 0
-  again = convert.load_backbone_init(dst)
+  again = backbone_of(dst)
   jax.tree.map(np.testing.assert_array_equal, again, init)
 
 
@@ -203,19 +211,19 @@ def test_save_load_model_and_workdir(tmp_path, r18):
   src = tmp_path / "m.pth"
   tr.save(model, "ms", "legacy", src)
   variables, meta = convert.load_pth(src)
-  checkpoint.save_model(tmp_path / "work" / "model_last", variables, meta)
-  loaded, meta2 = checkpoint.load_model(tmp_path / "work" / "model_last")
+  saved_model.save_model(tmp_path / "work" / "model_last", variables, meta)
+  loaded, meta2 = saved_model.load_model(tmp_path / "work" / "model_last")
   assert meta2 == meta and meta2.colour_order == "bgr"
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
-  assert checkpoint.load_model(tmp_path / "work")[1] == meta  # workdir -> model_last
+  assert workdir.load_model(tmp_path / "work")[1] == meta  # workdir -> model_last
   best = meta.__class__(**{**meta.__dict__, "source": "best"})
-  checkpoint.save_model(tmp_path / "work" / "model_best", variables, best)
-  assert checkpoint.load_model(tmp_path / "work")[1].source == "best"
+  saved_model.save_model(tmp_path / "work" / "model_best", variables, best)
+  assert workdir.load_model(tmp_path / "work")[1].source == "best"
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="neither a saved model"):
-    checkpoint.load_model(tmp_path / "empty")
+    workdir.load_model(tmp_path / "empty")
   with pytest.raises(FileNotFoundError):
-    checkpoint.load_model(tmp_path / "nowhere")
+    workdir.load_model(tmp_path / "nowhere")
 
 
 # --- Command line -----------------------------------------------------------------------------
@@ -241,7 +249,7 @@ def test_cli_converts_without_torch(tmp_path, r18):
   proc = _run_cli_without_torch(src, dst, "--config", cfg)
   assert proc.returncode == 0, proc.stderr
   assert "ResNet-18" in proc.stdout
-  variables, meta = checkpoint.load_model(dst)
+  variables, meta = saved_model.load_model(dst)
   assert (meta.dataset, meta.colour_order, meta.style) == ("coco", "rgb", "pytorch")
   jax.tree.map(np.testing.assert_array_equal, variables, convert.load_pth(src)[0])
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -326,7 +334,7 @@ def test_cli_sha_prefix_and_overwrite(tmp_path, capsys, r18):
   assert (meta["dataset"], meta["colour_order"]) == ("coco", "rgb")
   # Re-converting replaces a saved model, but never another directory.
   assert convert.main([str(named), str(dst), "--colour-order", "bgr"]) == 0
-  assert checkpoint.load_model(dst)[1].colour_order == "bgr"
+  assert saved_model.load_model(dst)[1].colour_order == "bgr"
   other = tmp_path / "other"
   other.mkdir()
   (other / "keep.txt").write_text("x")
@@ -353,7 +361,7 @@ def test_layout_detection_edge_cases(r18):
   v1d["conv1.weight"] = bare["conv1.weight"]
   layout, sd = convert.split_layout(v1d)
   with pytest.raises(convert.ConvertError, match=r"stem.0.conv.weight.*missing: bn1"):
-    convert.to_variables(sd, convert.infer_arch(sd))
+    convert.to_variables(sd, saved_model.ModelMeta(**convert.infer_arch(sd)))
   with pytest.raises(convert.ConvertError, match="match no ResNet depth"):
     convert.infer_arch({k: v for k, v in bare.items() if not k.startswith("layer4.1.")})
   with pytest.raises(convert.ConvertError, match="not a tensor"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cv2
-from sbpose_jax import checkpoint, evaluate, inference, keypoints, models
+from sbpose_jax import evaluate, inference, keypoints, saved_model
 from sbpose_jax import config as config_lib
 
 # Small crops keep the ResNet-18 cheap on a CPU; every test shares one compiled shape.
@@ -24,10 +24,10 @@ BATCH = 16
 
 
 def save_tiny_model(path, num_joints=17, dataset="coco", colour_order="rgb", bias=0.25):
-  """A random ResNet-18 PoseResNet saved with checkpoint.save_model (no init compile)."""
-  meta = checkpoint.ModelMeta(depth=18, num_joints=num_joints, deconv_filters=(16, 16, 16),
-                              dataset=dataset, colour_order=colour_order, source="test")
-  model = models.build(meta.model_config(), num_joints)
+  """A random ResNet-18 PoseResNet saved with saved_model.save_model (no init compile)."""
+  meta = saved_model.ModelMeta(depth=18, num_joints=num_joints, deconv_filters=(16, 16, 16),
+                               dataset=dataset, colour_order=colour_order, source="test")
+  model = saved_model.build_model(meta)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 48, 3)))
   rng = np.random.default_rng(0)
 
@@ -40,7 +40,7 @@ def save_tiny_model(path, num_joints=17, dataset="coco", colour_order="rgb", bia
     if name.endswith("['bias']"):  # only the final layer has one: lifts maxvals above vis_thr
       return np.full(s.shape, bias, np.float32)
     return (rng.normal(size=s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-  checkpoint.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
+  saved_model.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
   return path
 
 
@@ -148,8 +148,8 @@ def ref_oks_nms(kpts, scores, areas, sigmas, thr=0.9):
 
 def reference_results(fixtures_dir, model_dir, det_file):
   """[(image_id, centre, keypoints (17, 3), score)] after rescoring + OKS-NMS."""
-  variables, meta = checkpoint.load_model(model_dir)
-  model = models.build(meta.model_config(), 17)
+  variables, meta = saved_model.load_model(model_dir)
+  model = saved_model.build_model(meta)
   boxes = ref_boxes(fixtures_dir, det_file)
   crops, cs = [], []
   for _, fname, box, _ in boxes:

@@ -20,9 +20,10 @@ EIGHT_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from sbpose_jax import models, train, train_state as ts
+    from sbpose_jax import saved_model, train, train_state as ts
     assert jax.device_count() == 8
-    model = models.build(dict(depth=18, deconv_filters=(8, 8, 8), dtype="float32"), 5)
+    model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5,
+                                                          deconv_filters=(8, 8, 8)))
     variables = jax.device_get(ts.init_variables(model, 0, (96, 96)))
     tx = optax.sgd(1.0)  # updates = gradients: compares them directly (see the docstring)
     rng = np.random.default_rng(0)

@@ -19,11 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import checkpoint
 from sbpose_jax import config as config_lib
+from sbpose_jax import init_weights
 from sbpose_jax import models
+from sbpose_jax import saved_model
 from sbpose_jax import train
 from sbpose_jax import train_state as ts
+from sbpose_jax import workdir as workdir_lib
 from sbpose_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -83,7 +85,8 @@ def test_config_override_typo_lists_valid_keys(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  model = models.build(dict(depth=18, deconv_filters=(8, 8, 8), dtype="float32"), 5)
+  model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5,
+                                                       deconv_filters=(8, 8, 8)))
   return model, jax.device_get(ts.init_variables(model, 0, (96, 96)))
 
 
@@ -119,7 +122,7 @@ def test_missing_init_checkpoint_says_where_to_get_it(tmp_path, tiny_model):
   model, _ = tiny_model
   cfg = config_lib.load("coco_res50", [f"--config.init_checkpoint={tmp_path}/resnet50.pth"])
   with pytest.raises(FileNotFoundError, match="resnet50-19c8e357.pth") as e:
-    ts.initial_variables(cfg, model, 0)
+    init_weights.initial_variables(cfg, model, 0)
   assert "download.pytorch.org" in str(e.value) and "nothing is downloaded" in str(e.value).lower()
 
 
@@ -128,11 +131,11 @@ def test_init_from_saved_backbone(tmp_path, tiny_model):
   other = jax.device_get(ts.init_variables(model, 7, (96, 96)))
   backbone = {c: {k: v for k, v in t.items() if not models.is_head_key(k)}
               for c, t in other.items()}
-  checkpoint.save_model(tmp_path / "bb", backbone,
-                        checkpoint.ModelMeta(depth=18, num_joints=0, backbone_only=True))
+  saved_model.save_model(tmp_path / "bb", backbone,
+                         saved_model.ModelMeta(depth=18, num_joints=0, backbone_only=True))
   cfg = config_lib.load("coco_res50", TINY_INPUT + [
       "--config.model.depth=18", f"--config.init_checkpoint={tmp_path / 'bb'}"])
-  got = ts.initial_variables(cfg, model, 0)
+  got = init_weights.initial_variables(cfg, model, 0)
   np.testing.assert_array_equal(got["params"]["conv1"]["kernel"],
                                 other["params"]["conv1"]["kernel"])
   np.testing.assert_array_equal(got["params"]["final_layer"]["kernel"],
@@ -141,22 +144,22 @@ def test_init_from_saved_backbone(tmp_path, tiny_model):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   a = config_lib.load("coco_res50")
-  ts.check_workdir_config(tmp_path, config_lib.load("coco_res101"))  # no checkpoint: replaced
-  ts.check_workdir_config(tmp_path, a)
-  (tmp_path / ts.CHECKPOINT_DIR / "3").mkdir(parents=True)
-  ts.check_workdir_config(tmp_path, config_lib.load(
+  workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))  # no checkpoint: replaced
+  workdir_lib.check_config(tmp_path, a)
+  (tmp_path / workdir_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  workdir_lib.check_config(tmp_path, config_lib.load(
       "coco_res50", ["--config.log_every_steps=7", "--config.max_steps=3"]))  # operational
   with pytest.raises(ValueError, match=r"another config.*optim\.lr"):
-    ts.check_workdir_config(tmp_path, config_lib.load("coco_res50", ["--config.optim.lr=1e-3"]))
+    workdir_lib.check_config(tmp_path, config_lib.load("coco_res50", ["--config.optim.lr=1e-3"]))
   with pytest.raises(ValueError, match="model.depth"):
-    ts.check_workdir_config(tmp_path, config_lib.load("coco_res101"))
-  (tmp_path / "b" / ts.CHECKPOINT_DIR / "5").mkdir(parents=True)
+    workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))
+  (tmp_path / "b" / workdir_lib.CHECKPOINT_DIR / "5").mkdir(parents=True)
   with pytest.raises(ValueError, match="no config.json"):
-    ts.check_workdir_config(tmp_path / "b", a)
+    workdir_lib.check_config(tmp_path / "b", a)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  ckpts = ts.TrainCheckpoints(tmp_path, keep=2)
+  ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
   ckpts.save(3, {"w": jnp.ones(3)})
   run = train._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=jnp.float32(1.0), count=jnp.float32(2.0),
@@ -166,7 +169,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.TrainingDiverged, match="last good checkpoint is step 3"):
     train._flush_metrics(run, 5, log=True)
   ckpts.close()
-  assert sorted(p.name for p in (tmp_path / ts.CHECKPOINT_DIR).iterdir()) == ["3"]
+  assert sorted(p.name for p in (tmp_path / workdir_lib.CHECKPOINT_DIR).iterdir()) == ["3"]
 
 
 # --------------------------------------------------------------------------- full runs
@@ -188,21 +191,20 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
   work = tmp_path / "run"
   first = train.train_and_evaluate(_fixture_config(fixtures_dir, 2), work, progress=False)
   assert set(first) == {"val"} and {"AP", "AR"} <= set(first["val"])
-  assert ts.TrainCheckpoints(work).latest_step() == 2
+  assert workdir_lib.TrainCheckpoints(work).latest_step() == 2
   results, state = train.train_and_evaluate(_fixture_config(fixtures_dir, 3), work,
                                             progress=False, return_state=True)
   out = capsys.readouterr().out
   assert "resumed from step 2" in out and int(state.step) == 3
   assert 0.0 <= results["val"]["AP"] <= 1.0
-  variables, meta = checkpoint.load_model(work)   # model_best (or model_last)
+  variables, meta = workdir_lib.load_model(work)   # model_best (or model_last)
   assert meta.depth == 18 and meta.dataset == "coco" and meta.num_joints == 17
-  latest, latest_step = ts.latest_variables(work)   # no optimizer or model needed
+  latest, latest_step = workdir_lib.latest_variables(work)   # no optimizer or model needed
   assert latest_step == 3
   np.testing.assert_array_equal(latest["params"]["conv1"]["kernel"],
                                 np.asarray(state.params["conv1"]["kernel"]))
-  _, latest_meta = ts.latest_model(work)
-  assert latest_meta.depth == 18 and latest_meta.num_joints == 17
-  last, _ = checkpoint.load_model(work / "model_last")
+  assert workdir_lib.read_meta(work / "model_last").step == 3
+  last, _ = saved_model.load_model(work / "model_last")
   np.testing.assert_array_equal(last["params"]["final_layer"]["bias"],
                                 np.asarray(state.params["final_layer"]["bias"]))
   lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
@@ -214,8 +216,9 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
   assert (work / "tb").is_dir()
   for name in ("model_best", "model_last"):   # as in a run still in progress
     shutil.rmtree(work / name, ignore_errors=True)
-  fallback, fallback_meta = checkpoint.load_model(work)
-  assert fallback_meta.num_joints == 17
+  fallback, fallback_meta = workdir_lib.load_model(work)
+  assert fallback_meta.num_joints == 17 and fallback_meta.depth == 18
+  assert fallback_meta.step == 3 and workdir_lib.read_meta(work) == fallback_meta
   np.testing.assert_array_equal(fallback["params"]["conv1"]["kernel"],
                                 latest["params"]["conv1"]["kernel"])
 
@@ -261,7 +264,7 @@ def test_kill_and_resume_equals_uninterrupted_and_learns(synthetic_root, tmp_pat
   cmd = _demo_command(synthetic_root, tmp_path / "cut", steps)
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
-  marker = tmp_path / "cut" / ts.CHECKPOINT_DIR / "4" / "commit_success.txt"
+  marker = tmp_path / "cut" / workdir_lib.CHECKPOINT_DIR / "4" / "commit_success.txt"
   deadline = time.time() + 300
   while not marker.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -271,8 +274,8 @@ def test_kill_and_resume_equals_uninterrupted_and_learns(synthetic_root, tmp_pat
   again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from step" in again.stdout
-  a, _ = checkpoint.load_model(tmp_path / "ref" / "model_last")
-  b, _ = checkpoint.load_model(tmp_path / "cut" / "model_last")
+  a, _ = saved_model.load_model(tmp_path / "ref" / "model_last")
+  b, _ = saved_model.load_model(tmp_path / "cut" / "model_last")
   jax.tree.map(np.testing.assert_array_equal, a, b)   # bit-identical on CPU
   # The short run learns: the loss falls steadily (0.019 -> 0.015 in 10 steps here); AP, scored
   # on the training images, cannot fall below the random init's 0 (its rise: the next test).

@@ -11,32 +11,32 @@ from sbpose_jax.models.resnet import DEPTHS, ResNet
 __all__ = ["PoseResNet", "ResNet", "DEPTHS", "build", "is_head_key"]
 
 
-def build(model_config: Mapping[str, Any], num_joints: int, **overrides) -> PoseResNet:
-  """Makes a PoseResNet from the `config.model` section (see configs/common.py).
+def build(model_config: Mapping[str, Any], num_joints: int, *, precision: Any = None,
+          **overrides) -> PoseResNet:
+  """Makes a PoseResNet from a `config.model` section (every field given; see configs/common.py).
 
   Args:
     model_config: ConfigDict or dict with depth, style, width, num_deconv_layers, deconv_filters,
-      deconv_kernels, final_conv_kernel and dtype (a string such as "bfloat16"; optional).
+      deconv_kernels, final_conv_kernel, deconv_impl and dtype (a string such as "bfloat16").
     num_joints: K, the dataset's joint count.
+    precision: passed to every conv (e.g. "highest" to rule out TF32 on GPUs).
     **overrides: fields replacing the config's (e.g. dtype="float32" for parity checks).
   """
-  cfg = dict(model_config)
-  cfg.update(overrides)
-  dtype = cfg.get("dtype", "float32")
+  cfg = {**model_config, **overrides}
   try:
-    dtype = jnp.dtype(dtype)
+    dtype = jnp.dtype(cfg["dtype"])
   except TypeError:
-    raise ValueError(f"model.dtype: unknown dtype {dtype!r}") from None
+    raise ValueError(f"model.dtype: unknown dtype {cfg['dtype']!r}") from None
   return PoseResNet(
-      depth=int(cfg.get("depth", 50)),
+      depth=int(cfg["depth"]),
       num_joints=int(num_joints),
-      style=str(cfg.get("style", "pytorch")),
-      width=int(cfg.get("width", 64)),
-      num_deconv_layers=int(cfg.get("num_deconv_layers", 3)),
-      deconv_filters=tuple(int(f) for f in cfg.get("deconv_filters", (256, 256, 256))),
-      deconv_kernels=tuple(int(k) for k in cfg.get("deconv_kernels", (4, 4, 4))),
-      final_conv_kernel=int(cfg.get("final_conv_kernel", 1)),
-      deconv_impl=str(cfg.get("deconv_impl", "transpose")),
+      style=str(cfg["style"]),
+      width=int(cfg["width"]),
+      num_deconv_layers=int(cfg["num_deconv_layers"]),
+      deconv_filters=tuple(int(f) for f in cfg["deconv_filters"]),
+      deconv_kernels=tuple(int(k) for k in cfg["deconv_kernels"]),
+      final_conv_kernel=int(cfg["final_conv_kernel"]),
+      deconv_impl=str(cfg["deconv_impl"]),
       dtype=dtype,
-      precision=cfg.get("precision"),
+      precision=precision,
   )

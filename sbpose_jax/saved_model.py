@@ -1,0 +1,235 @@
+"""A saved model (a converted or trained network): the one record of its architecture.
+
+A saved model is a directory:
+  <path>/variables/   orbax checkpoint of {"params", "batch_stats"} (float32)
+  <path>/meta.json    ModelMeta: architecture, the colour order the weights expect, provenance
+
+`ModelMeta` is the only list of the architecture fields and of their defaults: the base config
+(`configs/common.py`) takes its `model.*` defaults from `ModelMeta.default_architecture()`, and
+`build_model(meta)` makes the network. Training workdirs (model_best / model_last / training
+checkpoints) are `workdir.py`'s business.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from sbpose_jax import keypoints
+from sbpose_jax import models
+
+META_FILE = "meta.json"
+VARIABLES_DIR = "variables"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelMeta:
+  """What a saved model is and what input it expects.
+
+  Architecture (the `config.model` fields of the same names; `ARCHITECTURE`):
+    depth: ResNet depth, 18/34/50/101/152.
+    style: "pytorch" (stride on the 3x3 conv) or "caffe" (stride on the first 1x1 conv).
+    width: backbone base width; 64 in every published model.
+    num_deconv_layers, deconv_filters, deconv_kernels, final_conv_kernel: the head.
+  Besides:
+    num_joints: K; 0 for `backbone_only` models (converted torchvision ImageNet ResNets).
+    colour_order: channel order of the images the weights were trained on: "bgr" for the MSRA
+      PoseResNet files, "rgb" for MMPose and torchvision.
+    dataset: key of keypoints.DATASETS, when known. source: provenance, free text.
+    step: the training step of a trained model (0 for a converted one).
+  """
+  num_joints: int
+  depth: int = 50
+  style: str = "pytorch"
+  width: int = 64
+  num_deconv_layers: int = 3
+  deconv_filters: tuple[int, ...] = (256, 256, 256)
+  deconv_kernels: tuple[int, ...] = (4, 4, 4)
+  final_conv_kernel: int = 1
+  colour_order: str = "rgb"
+  dataset: str = ""
+  source: str = ""
+  step: int = 0
+  backbone_only: bool = False
+
+  def __post_init__(self):
+    # JSON gives lists; keep tuples so metas compare equal and stay hashable.
+    object.__setattr__(self, "deconv_filters", tuple(int(f) for f in self.deconv_filters))
+    object.__setattr__(self, "deconv_kernels", tuple(int(k) for k in self.deconv_kernels))
+    if self.colour_order not in ("rgb", "bgr"):
+      raise ValueError(f"colour_order must be 'rgb' or 'bgr', got {self.colour_order!r}")
+
+  def architecture(self) -> dict[str, Any]:
+    """The `config.model`-style architecture fields (no dtype / deconv_impl)."""
+    return {f: getattr(self, f) for f in ARCHITECTURE}
+
+  @staticmethod
+  def default_architecture() -> dict[str, Any]:
+    """The architecture fields' defaults: the base config's `model.*` defaults."""
+    fields = {f.name: f for f in dataclasses.fields(ModelMeta)}
+    return {name: fields[name].default for name in ARCHITECTURE}
+
+  @classmethod
+  def from_config(cls, config: Mapping, **fields) -> "ModelMeta":
+    """The model a config trains: `config["model"]` architecture, K and colours from `data`.
+
+    `config` is a ConfigDict or the dict of a workdir's config.json.
+    """
+    model, data = config["model"], config["data"]
+    return cls(**{f: model[f] for f in ARCHITECTURE},
+               num_joints=keypoints.get(data["dataset"]).num_joints,
+               colour_order=data["colour_order"], dataset=data["dataset"], **fields)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str, where: str = META_FILE) -> "ModelMeta":
+    try:
+      data = json.loads(text)
+      known = {f.name for f in dataclasses.fields(cls)}
+      return cls(**{k: v for k, v in data.items() if k in known})
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{where}: not a valid model description ({e})") from None
+
+
+# The architecture fields: what `models.build` needs besides K, the compute dtype and form.
+ARCHITECTURE = ("depth", "style", "width", "num_deconv_layers", "deconv_filters",
+                "deconv_kernels", "final_conv_kernel")
+
+
+# ------------------------------------------------------------------------------- building
+
+def build_model(meta: ModelMeta, dtype: str = "float32", deconv_impl: str = "transpose"):
+  """The network of `meta` at compute `dtype` (a PoseResNet; a ResNet if backbone_only).
+
+  float32 means float32 throughout: convolutions run at 'highest' precision, so GPUs do not
+  silently use TF32 (which can move an argmax; checkpoint-formats §5.3). bfloat16 is the fast
+  setting. `deconv_impl` computes the same function either way (models.pose_resnet.Deconv).
+  """
+  precision = "highest" if str(dtype) == "float32" else None
+  if meta.backbone_only:
+    return models.ResNet(depth=meta.depth, style=meta.style, width=meta.width)
+  return models.build(dict(meta.architecture(), dtype=dtype, deconv_impl=deconv_impl),
+                      meta.num_joints, precision=precision)
+
+
+# ------------------------------------------------------------------------------ fit checks
+
+def check_fits(meta: ModelMeta, dataset: str, where) -> None:
+  """Raises ValueError unless the model at `where` predicts the joints of `dataset`."""
+  info = keypoints.get(dataset)
+  if meta.backbone_only or meta.num_joints == 0:
+    raise ValueError(f"{where} is a backbone without a pose head; it cannot be evaluated")
+  if meta.num_joints != info.num_joints:
+    raise ValueError(
+        f"{where} predicts {meta.num_joints} joints but dataset {dataset!r} has "
+        f"{info.num_joints}; use a checkpoint trained on {dataset} (the model's meta.json "
+        f"says dataset={meta.dataset or 'unknown'!r})")
+
+
+def check_matches_config(meta: ModelMeta, config) -> None:
+  """Raises ValueError when `meta`'s architecture contradicts config.model / config.data."""
+  wanted = dict(depth=config.model.depth, width=config.model.width)
+  if not meta.backbone_only:
+    wanted.update({f: config.model[f] for f in ARCHITECTURE if f != "style"})
+    wanted.update(num_joints=keypoints.get(config.data.dataset).num_joints)
+  for field, value in wanted.items():
+    value = tuple(value) if isinstance(value, (list, tuple)) else value
+    got = getattr(meta, field)
+    if got != value:
+      where = "data.dataset" if field == "num_joints" else f"model.{field}"
+      raise ValueError(f"the checkpoint has {field}={got} but config {config.name} implies "
+                       f"{value} ({where})")
+
+
+# -------------------------------------------------------------------------- save and load
+
+def save_model(path: str | os.PathLike, variables: Mapping, meta: ModelMeta) -> None:
+  """Writes `variables` ({"params", "batch_stats"}) and `meta` to the new directory `path`.
+
+  `save_model_atomic` replaces an existing model.
+  """
+  path = pathlib.Path(path).absolute()
+  tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path / VARIABLES_DIR, tree)
+    ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    (path / META_FILE).write_text(meta.to_json())
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def save_model_atomic(dst: str | os.PathLike, variables: Mapping, meta: ModelMeta) -> None:
+  """save_model to a temporary sibling, then swapped in: readers see the old or the new model.
+
+  Every process calls it (multi-host: barriers; process 0 renames). Nothing is left at `dst`
+  or beside it when writing fails.
+  """
+  dst = pathlib.Path(dst).absolute()
+  tmp = dst.with_name(f".{dst.name}.tmp")
+  old = dst.with_name(f".{dst.name}.old")
+  main = jax.process_index() == 0
+  if main:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+  _barrier(f"save_model_start_{dst.name}")
+  try:
+    save_model(tmp, variables, meta)
+    _barrier(f"save_model_written_{dst.name}")
+    if main:
+      shutil.rmtree(old, ignore_errors=True)
+      if dst.exists():
+        dst.rename(old)
+      tmp.rename(dst)
+  finally:
+    if main:
+      shutil.rmtree(tmp, ignore_errors=True)
+      shutil.rmtree(old, ignore_errors=True)
+  _barrier(f"save_model_done_{dst.name}")
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+  path = pathlib.Path(path)
+  return (path / META_FILE).is_file() and (path / VARIABLES_DIR).is_dir()
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+  """The saved model's meta.json only (cheap: no variables are read)."""
+  path = pathlib.Path(path) / META_FILE
+  return ModelMeta.from_json(path.read_text(), str(path))
+
+
+def _metadata_tree(ckptr, directory: pathlib.Path):
+  md = ckptr.metadata(directory)
+  md = getattr(md, "item_metadata", md)  # orbax >= 0.11 wraps the tree in StepMetadata
+  return getattr(md, "tree", md)
+
+
+def load_model(path: str | os.PathLike) -> tuple[dict, ModelMeta]:
+  """(variables as numpy float32 trees, meta) of the saved model at `path`.
+
+  `workdir.load_model` also accepts a training workdir.
+  """
+  directory = pathlib.Path(path).absolute()
+  if not is_saved_model(directory):
+    raise ValueError(f"{path}: not a saved model (no {META_FILE} + {VARIABLES_DIR}/)")
+  meta = read_meta(directory)
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = _metadata_tree(ckptr, directory / VARIABLES_DIR)
+    # A numpy target restores on the host whatever devices/sharding the saver had.
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+    variables = ckptr.restore(directory / VARIABLES_DIR, target)
+  return dict(variables), meta
