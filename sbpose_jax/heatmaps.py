@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbpose_jax import geometry
+
 
 @functools.lru_cache(maxsize=8)
 def gaussian_patch(sigma: float) -> np.ndarray:
@@ -352,7 +354,7 @@ def flip_back_jnp(heatmaps: jax.Array, flip_index, shift: bool = True) -> jax.Ar
 def transform_preds_jnp(coords: jax.Array, center: jax.Array, scale: jax.Array,
                         heatmap_wh: Sequence[int]) -> jax.Array:
   """`geometry.transform_preds` in jnp: (B, K, 2) heatmap → image, float32 (§2.4)."""
-  size = scale.astype(jnp.float32) * 200.0
+  size = scale.astype(jnp.float32) * geometry.PIXEL_STD
   unit = size / jnp.asarray(heatmap_wh, jnp.float32)
   return (coords.astype(jnp.float32) * unit[..., None, :] + center.astype(jnp.float32)[..., None, :]
           - size[..., None, :] * 0.5)

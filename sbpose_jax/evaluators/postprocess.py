@@ -7,9 +7,11 @@ times the box score; OKS-NMS per image at `oks_thr` with the crop-box areas (200
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
+
+from sbpose_jax import geometry
+# The one JSON reader (errors name the file); evaluators call it as postprocess.load_json.
+from sbpose_jax.data.readers.common import load_json  # noqa: F401
 
 # Keys of the per-batch prediction dict (docs/design.md, "Evaluators").
 PRED_KEYS = ("index", "keypoints", "center", "scale", "bbox_score")
@@ -35,7 +37,7 @@ def rescore(maxvals: np.ndarray, box_scores: np.ndarray, vis_thr: float = 0.2) -
 
 def crop_areas(scale_wh: np.ndarray) -> np.ndarray:
   """(N, 2) crop scale (size / 200 px) → (N,) float32 crop area, as MMPose stores it."""
-  return np.prod(np.asarray(scale_wh, np.float32) * np.float32(200.0), axis=1)
+  return np.prod(np.asarray(scale_wh, np.float32) * np.float32(geometry.PIXEL_STD), axis=1)
 
 
 def oks_iou(g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray,
@@ -194,17 +196,6 @@ class PredictionBuffer:
 
   def reset(self) -> None:
     self._parts = []
-
-
-def load_json(path, what: str):
-  """json.load with one clear error naming the file and what it should be."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{what} not found: {path}") from None
-  except ValueError as e:
-    raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def check_results(results, num_joints: int, image_ids, source: str,

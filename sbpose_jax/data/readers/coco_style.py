@@ -1,71 +1,27 @@
-"""Annotation files of the eight datasets -> `Records`, centre/scale by each dataset's convention.
+"""COCO-style annotation files -> `Records`: COCO, COCO-WholeBody, OCHuman, AIC, CrowdPose,
+PoseTrack18.
 
-COCO-style files (COCO, COCO-WholeBody, OCHuman, AIC, CrowdPose, PoseTrack18) go through one path
-that follows MMPose 0.x `TopDownCocoDataset._load_coco_keypoint_annotation_kernel` (GT boxes) and
-`_load_coco_person_detection_results` (detector boxes); see shared/docs/reference-conventions.md
-§1.1-1.2. MPII and MPII-TRB (their own formats) live in readers_extra.py and are re-exported here.
+One path that follows MMPose 0.x `TopDownCocoDataset._load_coco_keypoint_annotation_kernel` (GT
+boxes) and `_load_coco_person_detection_results` (detector boxes); see
+shared/docs/reference-conventions.md §1.1-1.2.
 
 Centres are the deterministic ones: the 2020 random centre shift of training (drawn once per
 record) is applied later, from `bbox_xywh`, by `pipeline.shifted_records`.
-Every reader raises FileNotFoundError naming a missing file, and ValueError naming the file and
-the field for an annotation file of the wrong shape.
 """
 from __future__ import annotations
 
-import json
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from sbpose_jax import geometry
 from sbpose_jax import keypoints
+from sbpose_jax.data.readers.common import bad_field, float_list, get_field, load_json, str_array
 from sbpose_jax.data.records import Records, concat
 
-PIXEL_STD = 200.0
 WHOLEBODY_FIELDS = (("keypoints", 17), ("foot_kpts", 6), ("face_kpts", 68),
                     ("lefthand_kpts", 21), ("righthand_kpts", 21))
-
-
-# ----------------------------------------------------------------------------------- helpers
-def load_json(path, what: str = "annotation file") -> Any:
-  """json.load with errors that name the file."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{what} not found: {path}")
-  try:
-    with open(path, "rb") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
-
-
-def bad_field(path, field: str, problem: str) -> ValueError:
-  return ValueError(f"{path}: field {field!r} {problem}")
-
-
-def get_field(obj: dict, key: str, kind: type, path, where: str = "") -> Any:
-  """obj[key], checked to exist and to be a `kind`; errors name `where.key` and the file."""
-  name = f"{where}.{key}" if where else key
-  if not isinstance(obj, dict) or key not in obj:
-    raise bad_field(path, name, "is missing")
-  value = obj[key]
-  if not isinstance(value, kind) or isinstance(value, bool):
-    kinds = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-    raise bad_field(path, name, f"must be {kinds}, got {type(value).__name__}")
-  return value
-
-
-def str_array(values: list) -> np.ndarray:
-  """Fixed-width unicode array (never an object array); '<U1' when empty."""
-  return np.asarray(values, dtype=str) if len(values) else np.zeros(0, "<U1")
-
-
-def float_list(obj: dict, key: str, length: int, path, where: str) -> list:
-  value = get_field(obj, key, list, path, where)
-  if len(value) != length:
-    raise bad_field(path, f"{where}.{key}", f"has {len(value)} values, expected {length}")
-  return value
 
 
 def box_to_center_scale(bbox_xywh, input_size: Sequence[int], padding: float = 1.25):
@@ -337,45 +293,3 @@ def read_crowdpose(ann_file, image_root, *, input_size=(192, 256), padding=1.25,
   return _read_coco_style("crowdpose", ann_file, image_root, input_size=input_size,
                           padding=padding, det_file=det_file, det_score_thr=det_score_thr,
                           use_gt_bbox=use_gt_bbox, area_from_box=True)
-
-
-READERS = {"coco": read_coco, "coco_wholebody": read_coco_wholebody, "ochuman": read_ochuman,
-           "aic": read_aic, "crowdpose": read_crowdpose, "posetrack18": read_posetrack18,
-           "mpii": "read_mpii", "mpii_trb": "read_mpii_trb"}
-
-
-def read(dataset: str, ann_file, image_root, **kw) -> Records:
-  """Dispatches to `read_<dataset>`; kw are that reader's keyword arguments."""
-  if dataset not in READERS:
-    raise ValueError(f"no reader for dataset {dataset!r}; known: {sorted(READERS)}")
-  reader = READERS[dataset]
-  if isinstance(reader, str):
-    from sbpose_jax.data import readers_extra  # pylint: disable=import-outside-toplevel
-    reader = getattr(readers_extra, reader)
-  return reader(ann_file, image_root, **kw)
-
-
-def read_split(data_cfg, split: str) -> Records:
-  """Reads `split` ('train' or 'val') of a config's `data` section (configs/common.py fields).
-
-  Training always uses GT boxes; 'val' uses `use_gt_bbox`, else `det_file` at `det_score_thr`.
-  """
-  if split not in ("train", "val"):
-    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-  root = pathlib.Path(data_cfg.root)
-  use_gt = True if split == "train" else bool(data_cfg.use_gt_bbox)
-  kw = dict(input_size=tuple(data_cfg.input_size), padding=data_cfg.padding)
-  if data_cfg.dataset not in ("mpii", "mpii_trb"):
-    kw.update(use_gt_bbox=use_gt, det_score_thr=data_cfg.det_score_thr,
-              det_file=None if use_gt else root / data_cfg.det_file)
-  return read(data_cfg.dataset, root / data_cfg[f"{split}_ann"],
-              root / data_cfg[f"{split}_images"], **kw)
-
-
-def __getattr__(name: str):
-  # read_mpii / read_mpii_trb / read_mpii_gt_mat live in readers_extra.py (which imports the
-  # helpers above), re-exported lazily to avoid a circular import.
-  if name in ("read_mpii", "read_mpii_trb", "read_mpii_gt_mat"):
-    from sbpose_jax.data import readers_extra  # pylint: disable=import-outside-toplevel
-    return getattr(readers_extra, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

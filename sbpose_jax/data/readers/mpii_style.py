@@ -1,4 +1,4 @@
-"""MPII and MPII-TRB readers (their own json layouts; re-exported by readers.py).
+"""MPII and MPII-TRB annotation files (their own json layouts) -> `Records`.
 
 Both datasets ship a centre and a scale per person instead of a box, so `bbox_xywh` is zeros.
 """
@@ -8,9 +8,9 @@ import pathlib
 
 import numpy as np
 
+from sbpose_jax import geometry
 from sbpose_jax import keypoints
-from sbpose_jax.data.readers import (bad_field, float_list, get_field, load_json, str_array,
-                                     PIXEL_STD)
+from sbpose_jax.data.readers.common import bad_field, float_list, get_field, load_json, str_array
 from sbpose_jax.data.records import Records
 
 
@@ -83,7 +83,7 @@ def read_mpii_gt_mat(mat_file, num_instances: int | None = None) -> dict:
   pos_gt_src (N, 16, 2) float32), from the .mat's headboxes_src (2, 2, N), jnt_missing (16, N)
   and pos_gt_src (16, 2, N).
   """
-  import scipy.io  # pylint: disable=import-outside-toplevel
+  import scipy.io  # why: scipy (~0.3 s to import) serves only this MPII .mat file
   path = pathlib.Path(mat_file)
   if not path.is_file():
     raise FileNotFoundError(f"MPII GT .mat file not found: {path}")
@@ -148,7 +148,7 @@ def read_mpii_trb(ann_file, image_root, *, input_size=(256, 256), padding=None, 
   n = len(order)
   kpts = np.asarray(kpts, np.float64).reshape(-1, num_joints, 3)[order]
   size = np.asarray(input_size, np.float64)
-  scale = size[None, :] / np.asarray(scales, np.float64).reshape(-1, 1)[order] / PIXEL_STD
+  scale = size[None, :] / np.asarray(scales, np.float64).reshape(-1, 1)[order] / geometry.PIXEL_STD
   extra = {"headbox": np.asarray(heads, np.float32).reshape(-1, 4)[order]}
   return Records(
       dataset="mpii_trb", image_root=str(image_root), image_files=str_array(files),
