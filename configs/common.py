@@ -88,6 +88,24 @@ def get_config():
       batch_size=64,
   ))
   c.evals = ml_collections.ConfigDict(dict(val=eval_entry("coco")))
+  # Pose tracking over video (`python -m sbpose_jax.track`, docs/tracking.md).
+  c.track = ml_collections.ConfigDict(dict(
+      similarity="flow",         # iou | oks (MMPose 0.x) | flow (the paper: OKS vs flow-moved poses)
+      match_thr=0.3,             # similarity a match must exceed
+      min_keypoints=3,           # joints above kpt_thr for a pose to start a new track
+      kpt_thr=0.3,               # joint score counted as visible
+      queue_len=5,               # a track lost for fewer frames can be matched again
+      propagate=True,            # add boxes around flow-moved previous poses to the detector's
+      box_enlarge=0.15,          # growth of those boxes (the paper: 15%)
+      nms_iou=0.5,               # box NMS of detected + propagated boxes
+      pose_nms_oks=0.9,          # duplicate poses above this OKS are dropped
+      det_score_thr=0.4,         # detector boxes below this score are ignored
+      flow_preset="fast",        # cv2.DISOpticalFlow preset: ultrafast | fast | medium
+      flow_max_side=640,         # flow at most at this size (longer side, pixels)
+      smoothing=False,           # One-Euro filter on the joints
+      one_euro_min_cutoff=1.0,
+      one_euro_beta=0.007,
+  ))
 
   c.eval_at_start = False        # also evaluate before the first step (e.g. an init's score)
   c.log_every_steps = 50

@@ -1,0 +1,320 @@
+"""Track people's poses through a video (the paper's tracker, docs/tracking.md).
+
+  python -m sbpose_jax.track --config posetrack18_res50 --checkpoint models/res50_posetrack18 \
+      clip.mp4 --out-dir out/ [--boxes dets.json] [--similarity iou|oks|flow] [--frames] [--eval]
+
+INPUT is a video file (any container FFmpeg reads), a folder of frames (sorted by name) or a
+PoseTrack18 annotation file (its frames; `--eval` then scores the result against it). Boxes per
+frame: `--boxes` (a COCO detection-results list whose `image_id` is the PoseTrack image id or the
+0-based frame number, or a dict {frame number or file name: [[x, y, w, h(, score)], ...]}) plus
+boxes propagated from the previous frame's poses by optical flow; without `--boxes`, propagation
+alone, starting from the whole first frame. Writes O/<name>.json (PoseTrack18 results: track ids,
+joints, scores), O/<name>.mp4 (skeletons coloured by track id) and, with --frames, O/<name>/*.png.
+Tracking settings are the config's `track.*` (override with --config.track.KEY=VALUE).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from sbpose_jax import config as config_lib
+from sbpose_jax import keypoints
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m sbpose_jax.track",
+                              description=__doc__.split("\n\n")[0],
+                              epilog="Any --config.KEY=VALUE argument overrides a config field.")
+  p.add_argument("input", help="video file, folder of frames, or PoseTrack18 annotation json")
+  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
+  p.add_argument("--out-dir", required=True)
+  p.add_argument("--boxes", help="person detections (COCO results list or per-frame dict)")
+  p.add_argument("--similarity", choices=("iou", "oks", "flow"),
+                 help="matching similarity (default: the config's track.similarity)")
+  p.add_argument("--frames", action="store_true", help="also write one PNG per frame")
+  p.add_argument("--eval", action="store_true",
+                 help="score MOTA and AP against INPUT (a PoseTrack18 annotation file)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+  p.add_argument("--kpt-thr", type=float, default=None,
+                 help="joints drawn above this score (default track.kpt_thr)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Boxes
+# ----------------------------------------------------------------------------------------------
+
+def read_boxes(path: str, source) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """Detections → {frame index: ((N, 4) x1 y1 x2 y2, (N,) scores)}."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--boxes file not found: {path}")
+  try:
+    data = json.loads(pathlib.Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--boxes {path} is not valid json: {e}") from e
+  index_of: dict = {}
+  for i in range(source.num_frames):
+    index_of[i] = i
+  for i, name in enumerate(source.files):
+    index_of[name] = index_of[pathlib.Path(name).name] = index_of[pathlib.Path(name).stem] = i
+  for i, im in enumerate(source.images_meta):
+    index_of[im["id"]] = i
+  rows: dict[int, list] = {}
+  try:
+    if isinstance(data, list):
+      for d in data:
+        if d.get("category_id", 1) != 1:
+          continue
+        key = d.get("image_id", d.get("file_name"))
+        if key in index_of:
+          rows.setdefault(index_of[key], []).append(list(d["bbox"][:4]) + [d.get("score", 1.0)])
+    elif isinstance(data, dict):
+      for key, boxes in data.items():
+        k = int(key) if str(key).isdigit() and int(key) in index_of else key
+        if k in index_of:
+          for b in boxes:
+            rows.setdefault(index_of[k], []).append(list(b[:4]) + [b[4] if len(b) > 4 else 1.0])
+    else:
+      raise TypeError
+  except (KeyError, TypeError, IndexError) as e:
+    raise ValueError(f"--boxes {path}: expected a COCO detection-results list or a dict "
+                     "{frame: [[x, y, w, h(, score)], ...]}") from e
+  out = {}
+  for i, r in rows.items():
+    a = np.asarray(r, np.float32).reshape(-1, 5)
+    out[i] = (np.concatenate([a[:, :2], a[:, :2] + a[:, 2:4]], 1), a[:, 4])
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Poses: one jitted batch per frame, the evaluation's numerics
+# ----------------------------------------------------------------------------------------------
+
+def saved_model_module():
+  """`sbpose_jax.saved_model` (its new name), else `sbpose_jax.checkpoint`, of THIS package."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  here = pathlib.Path(__file__).parent
+  name = "saved_model" if (here / "saved_model.py").exists() else "checkpoint"
+  return importlib.import_module(f"sbpose_jax.{name}")
+
+
+def _bucket(n: int) -> int:
+  """Batch sizes padded to powers of two: few compilations, little waste."""
+  return 1 << max(0, (n - 1).bit_length())
+
+
+class PoseModel:
+  """`PoseModel(cfg, checkpoint)(frame_bgr, boxes_xyxy, scores)` → (N, K, 3) image x, y, score."""
+
+  def __init__(self, cfg, checkpoint_path):
+    from sbpose_jax import geometry, inference, models  # pylint: disable=import-outside-toplevel
+    from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
+    variables, meta = saved_model_module().load_model(checkpoint_path)
+    info = keypoints.get(cfg.data.dataset)
+    if meta.num_joints != info.num_joints:
+      raise ValueError(f"{checkpoint_path} predicts {meta.num_joints} joints but dataset "
+                       f"{cfg.data.dataset!r} has {info.num_joints}")
+    precision = "highest" if str(cfg.model.dtype) == "float32" else None
+    model = models.build(cfg.model, meta.num_joints, **meta.model_config(), precision=precision)
+    self.predict = inference.make_predict_fn(model, variables, cfg, meta)
+    self.geometry, self.cfg = geometry, cfg
+    self.affine = transforms.TopDownAffine(cfg.data.input_size)
+    self.num_joints = info.num_joints
+
+  def __call__(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    n = len(boxes)
+    if n == 0:
+      return np.zeros((0, self.num_joints, 3), np.float32)
+    img = frame_bgr if self.cfg.data.colour_order == "bgr" else cv2.cvtColor(
+        frame_bgr, cv2.COLOR_BGR2RGB)
+    w_in, h_in = self.cfg.data.input_size
+    crops, centers, scales = [], [], []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64):
+      c, s = self.geometry.box_to_center_scale(np.array([x1, y1, x2 - x1, y2 - y1]),
+                                               w_in / h_in, self.cfg.data.padding)
+      crops.append(self.affine.map({"image": img, "center": c, "scale": s})["image"])
+      centers.append(c)
+      scales.append(s)
+    b = _bucket(n)
+    pad = lambda x: np.concatenate([np.stack(x)] + [np.stack(x)[-1:]] * (b - n))  # noqa: E731
+    batch = dict(image=pad(crops), center=pad(centers).astype(np.float32),
+                 scale=pad(scales).astype(np.float32))
+    return np.asarray(self.predict(batch))[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def results_json(source, info, frames_out: list[list[dict]]) -> dict:
+  """PoseTrack18 results: the input's images (ids, file names) and one annotation per person."""
+  cat = {"supercategory": "person", "id": 1, "name": "person",
+         "keypoints": list(info.joint_names), "skeleton": [[a + 1, b + 1] for a, b in
+                                                           info.skeleton]}
+  images, anns = [], []
+  for i, people in enumerate(frames_out):
+    if source.images_meta:
+      im = source.images_meta[i]
+      images.append({k: im[k] for k in ("id", "file_name", "frame_id", "vid_id") if k in im})
+    else:
+      images.append({"id": i, "file_name": source.files[i] if source.files
+                     else f"frame_{i:06d}.jpg", "frame_id": i})
+    for p in people:
+      k = np.asarray(p["keypoints"], np.float64)
+      b = np.asarray(p["box"], np.float64)
+      anns.append({"image_id": images[-1]["id"], "category_id": 1, "track_id": p["track_id"],
+                   "keypoints": np.round(k, 2).reshape(-1).tolist(),
+                   "scores": np.round(k[:, 2], 4).tolist(), "score": round(p["score"], 4),
+                   "bbox": np.round([b[0], b[1], b[2] - b[0], b[3] - b[1]], 2).tolist()})
+  return {"images": images, "annotations": anns, "categories": [cat]}
+
+
+def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False,
+                kpt_thr=None, progress=True):
+  """Runs the tracker over `source`; returns (results json path, stats dict).
+
+  On a broken video the outputs of the frames before it are written, then VideoError raised.
+  """
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.tracking import draw, tracker  # pylint: disable=import-outside-toplevel
+  info = keypoints.get(cfg.data.dataset)
+  settings = tracker.TrackSettings.from_config(cfg.track)
+  settings = tracker.TrackSettings(**{**settings.__dict__, "fps": source.fps})
+  trk = tracker.Tracker(settings, info.sigmas_array)
+  kpt_thr = settings.kpt_thr if kpt_thr is None else kpt_thr
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  if write_frames:
+    (out / source.name).mkdir(exist_ok=True)
+  frames_out: list[list[dict]] = []
+  t = dict(wait=0.0, flow=0.0, pose=0.0, match=0.0, write=0.0)
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm.tqdm(total=source.num_frames or None, unit="frame", desc=source.name)
+  writer = video.VideoWriter(str(out / f"{source.name}.mp4"), source.fps)
+  error = None
+  start = time.perf_counter()
+  it = video.prefetch(source.frames())
+  try:
+    while True:
+      t0 = time.perf_counter()
+      try:
+        fr = next(it)
+      except StopIteration:
+        break
+      t1 = time.perf_counter()
+      det = boxes.get(fr.index, (np.zeros((0, 4)), np.zeros(0))) if boxes is not None else None
+      bx, sc = trk.propose(fr.image, *(det if det is not None else (None, None)))
+      t2 = time.perf_counter()
+      kp = pose_model(fr.image, bx, sc)
+      t3 = time.perf_counter()
+      people = trk.update(kp, bx, sc)
+      t4 = time.perf_counter()
+      frames_out.append(people)
+      drawn = draw.draw_tracks(fr.image, people, info.skeleton, kpt_thr)
+      writer.write(drawn)
+      if write_frames:
+        cv2.imwrite(str(out / source.name / f"{pathlib.Path(fr.name).stem}.png"), drawn)
+      t5 = time.perf_counter()
+      for k, a, b in (("wait", t0, t1), ("flow", t1, t2), ("pose", t2, t3), ("match", t3, t4),
+                      ("write", t4, t5)):
+        t[k] += b - a
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(fps=f"{len(frames_out) / (time.perf_counter() - start):.1f}")
+  except video.VideoError as e:
+    error = e
+  finally:
+    if bar is not None:
+      bar.close()
+    writer.close()
+  if source.images_meta and error is None and len(frames_out) != len(source.images_meta):
+    raise ValueError(f"{source.path}: decoded {len(frames_out)} of "
+                     f"{len(source.images_meta)} frames")
+  path = out / f"{source.name}.json"
+  src = source
+  if error is not None and source.images_meta:      # keep the json consistent: frames done
+    src = type(source)(**{**source.__dict__, "images_meta": source.images_meta[:len(frames_out)]})
+  path.write_text(json.dumps(results_json(src, info, frames_out)))
+  stats = dict(frames=len(frames_out), seconds=time.perf_counter() - start, **t)
+  if error is not None:
+    raise type(error)(f"{error} — the {len(frames_out)} frames before it were tracked and "
+                      f"written to {out}", error.frame) from error
+  return path, stats
+
+
+def score_sequence(gt_path: str, results_path) -> dict[str, float]:
+  """MOTA (poseval evaluateTracking) and per-joint AP of one tracked sequence vs its GT."""
+  from sbpose_jax.evaluators import posetrack as pt  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
+  gt_d = json.loads(pathlib.Path(gt_path).read_text())
+  pr_d = json.loads(pathlib.Path(results_path).read_text())
+  out = pm.evaluate_sequences([(pm.parse_sequence(gt_d, gt_path),
+                                pm.parse_sequence(pr_d, str(results_path)), gt_path)])
+  names = pr_d["categories"][0]["keypoints"]
+  by_image: dict = {}
+  for a in pr_d["annotations"]:
+    by_image.setdefault(a["image_id"], []).append(a)
+  frames = []
+  for f in pt.read_gt_sequence(gt_path):
+    pr = []
+    for a in by_image.get(f["image_id"], []):
+      xy, has, sc = pt._to_15(a["keypoints"], names, a["scores"])  # pylint: disable=protected-access
+      pr.append({"xy": xy, "has": has, "score": sc})
+    frames.append({**f, "pr": pr})
+  out.update({f"AP_{k}": v for k, v in pt.table(pt.evaluate_ap(frames)).items()
+              if not k.startswith("AP_")})
+  return out
+
+
+def format_scores(m: dict[str, float]) -> str:
+  from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
+  ap = " | ".join(f"{k[3:]:>6}" for k in m if k.startswith("AP_"))
+  ap_v = " | ".join(f"{v:6.1f}" for k, v in m.items() if k.startswith("AP_"))
+  return f"AP (per joint group)\n{ap}\n{ap_v}\nMOTA\n{pm.format_table(m)}"
+
+
+def main(argv: Sequence[str] | None = None):
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  try:
+    cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
+    cfg.model.dtype = args.dtype
+    if args.similarity:
+      cfg.track.similarity = args.similarity
+    source = video.open_source(args.input)
+    if args.eval and source.kind != "posetrack":
+      raise ValueError("--eval needs INPUT to be a PoseTrack18 annotation file")
+    boxes = read_boxes(args.boxes, source) if args.boxes else None
+    pose_model = PoseModel(cfg, args.checkpoint)
+    path, stats = track_video(cfg, pose_model, source, args.out_dir, boxes, args.frames,
+                              args.kpt_thr, not args.quiet)
+    print(f"tracked {stats['frames']} frames at {stats['frames'] / stats['seconds']:.1f} "
+          f"frames/s; wrote {path} and {path.with_suffix('.mp4')}", file=sys.stderr)
+    scores = None
+    if args.eval:
+      scores = score_sequence(args.input, path)
+      print(format_scores(scores))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from e
+  return path, scores
+
+
+if __name__ == "__main__":
+  main()
