@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "model.dtype is the training dtype)")
   p.add_argument("--eval", default=None, help="which config.evals entry (default: the first)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--track", action="store_true",
+                 help="PoseTrack18 only, with --results DIR (one tracked json per sequence, as "
+                      "`sbpose_jax.track` writes): also print poseval's MOTA table")
   return p
 
 
@@ -56,6 +59,8 @@ def parse_args(argv: Sequence[str] | None):
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
     parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  if args.track and not args.results:
+    parser.error("--track scores tracked results: give --results DIR")
   if bool(args.checkpoint) == bool(args.results):
     parser.error("give exactly one of --checkpoint (evaluate a model) or --results (score a file)")
   return args, rest
@@ -161,6 +166,18 @@ def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
   return {k: float(v) for k, v in metrics.items()}
 
 
+def score_tracking(cfg, eval_type: str, results_dir) -> dict[str, float]:
+  """poseval's MOTA of a folder of tracked sequences, keys prefixed 'track/'."""
+  from sbpose_jax.evaluators import posetrack, posetrack_mota  # pylint: disable=import-outside-toplevel
+  if eval_type != "posetrack18":
+    raise ValueError(f"--track needs a PoseTrack18 config, this one evaluates {eval_type!r}")
+  if not os.path.isdir(results_dir):
+    raise ValueError(f"--track: --results must be a folder of per-sequence jsons: {results_dir}")
+  gt = evaluator_kwargs(cfg, eval_type).get("gt_folder") or posetrack.gt_folder_for(
+      str(data_path(cfg, "val_ann")))
+  return {f"track/{k}": v for k, v in posetrack_mota.score_folders(gt, str(results_dir)).items()}
+
+
 def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     apply_flags(cfg, args)
     if args.results:
       metrics = score_results(cfg, eval_type, args.results)
+      if args.track:
+        metrics.update(score_tracking(cfg, eval_type, args.results))
     else:
       metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
                                progress=not args.quiet)
@@ -191,7 +210,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
               decode=cfg.test.decode, dtype=str(cfg.model.dtype))
   path = write_metrics(args.out_dir, metrics, info)
-  print(evaluators.format_table(metrics, eval_type))
+  print(evaluators.format_table({k: v for k, v in metrics.items()
+                                 if not k.startswith("track/")}, eval_type))
+  if args.track:
+    from sbpose_jax.evaluators import posetrack_mota  # pylint: disable=import-outside-toplevel
+    print(posetrack_mota.format_table({k[6:]: v for k, v in metrics.items()
+                                       if k.startswith("track/")}))
   print(f"metrics written to {path}", file=sys.stderr)
   return metrics
 

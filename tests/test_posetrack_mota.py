@@ -231,3 +231,28 @@ def test_score_folders_reads_files(tmp_path):
   t = pm.score_folders(str(tmp_path / "gt"), str(tmp_path / "pr"))
   assert t["MOTA"] == pytest.approx(100)
   assert "MOTA" in pm.format_table(t)
+
+
+def test_evaluate_command_prints_mota_beside_ap(tmp_path, capsys):
+  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
+  names = ["nose", "head_bottom", "head_top", "left_ear", "right_ear", "left_shoulder",
+           "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+           "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
+  gt = sequence(two_people())
+  gt["categories"][0]["keypoints"] = names
+  pr_frames = two_people()
+  for a in pr_frames[2]:
+    a["track_id"] = 1 - a["track_id"]
+  pr = sequence(pr_frames)
+  (tmp_path / "annotations/val").mkdir(parents=True)
+  (tmp_path / "annotations/val/seq.json").write_text(json.dumps(gt))
+  (tmp_path / "annotations/posetrack18_val.json").write_text(json.dumps(gt))
+  (tmp_path / "res").mkdir()
+  (tmp_path / "res/seq.json").write_text(json.dumps(pr))
+  m = evaluate.main(["--config", "posetrack18_res50", "--results", str(tmp_path / "res"),
+                     "--track", "--out-dir", str(tmp_path / "out"),
+                     f"--config.data.root={tmp_path}"])
+  assert m["track/MOTA"] == pytest.approx(100 * (1 - 2 / 6))
+  assert m["Total"] == pytest.approx(100)
+  out = capsys.readouterr().out
+  assert "MOTA" in out and "Total" in out
