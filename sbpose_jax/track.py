@@ -179,6 +179,15 @@ def results_json(source, info, frames_out: list[list[dict]]) -> dict:
   return {"images": images, "annotations": anns, "categories": [cat]}
 
 
+def with_flow(frames, flow_fn):
+  """Frames paired with the flow from the previous frame (None for the first): run inside the
+  decoding thread, so the flow of frame k+1 is computed while the model works on frame k."""
+  prev = None
+  for fr in frames:
+    yield fr, (None if prev is None else flow_fn(prev, fr.image))
+    prev = fr.image
+
+
 def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False,
                 kpt_thr=None, progress=True):
   """Runs the tracker over `source`; returns (results json path, stats dict).
@@ -205,17 +214,23 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
   writer = video.VideoWriter(str(out / f"{source.name}.mp4"), source.fps)
   error = None
   start = time.perf_counter()
-  it = video.prefetch(source.frames())
+  frames = source.frames()
+  if trk.needs_flow:     # its own DIS instance: it runs in the decoding thread
+    from sbpose_jax.tracking import flow as flow_lib  # pylint: disable=import-outside-toplevel
+    frames = with_flow(frames, flow_lib.DisFlow(settings.flow_preset, settings.flow_max_side))
+  else:
+    frames = ((f, None) for f in frames)
+  it = video.prefetch(frames)
   try:
     while True:
       t0 = time.perf_counter()
       try:
-        fr = next(it)
+        fr, fl = next(it)
       except StopIteration:
         break
       t1 = time.perf_counter()
       det = boxes.get(fr.index, (np.zeros((0, 4)), np.zeros(0))) if boxes is not None else None
-      bx, sc = trk.propose(fr.image, *(det if det is not None else (None, None)))
+      bx, sc = trk.propose(fr.image, *(det if det is not None else (None, None)), flow=fl)
       t2 = time.perf_counter()
       kp = pose_model(fr.image, bx, sc)
       t3 = time.perf_counter()

@@ -74,14 +74,15 @@ class Tracker:
     self.next_id = 0
     self.prev_frame = None
 
-  def propose(self, frame: np.ndarray, det_boxes=None, det_scores=None):
+  def propose(self, frame: np.ndarray, det_boxes=None, det_scores=None, flow=None):
     """Boxes for this frame: (M, 4) x1 y1 x2 y2 float32 and (M,) scores.
 
     `det_boxes=None` means no detector at all (the whole-frame fallback applies); an empty
-    array means the detector found nobody in this frame.
+    array means the detector found nobody in this frame. `flow`: the (H, W, 2) flow previous →
+    this frame if already computed (e.g. in the decoding thread), else computed here when needed.
     """
     if self.needs_flow and self.prev_frame is not None and self.tracks:
-      fl = self.flow(self.prev_frame, frame)
+      fl = flow if flow is not None else self.flow(self.prev_frame, frame)
       moved = flow_lib.propagate_joints(np.stack([t.moved for t in self.tracks.values()]), fl)
       for t, m in zip(self.tracks.values(), moved):
         t.moved = m
