@@ -137,3 +137,13 @@ def test_tracker_drops_duplicate_poses_and_rejects_bad_similarity():
   assert len(res) == 1
   with pytest.raises(ValueError, match="similarity"):
     tracker.Tracker(tracker.TrackSettings(similarity="bogus"), SIGMAS)
+
+
+def test_propagated_boxes_stay_inside_the_frame():
+  t = tracker.Tracker(tracker.TrackSettings(similarity="oks"), SIGMAS, flow_fn=ConstantFlow(0.0))
+  frame = np.zeros((100, 200, 3), np.uint8)
+  t.propose(frame, None)
+  t.update(pose(150, -20)[None], np.array([[140, -30, 210, 70]]), [1])   # joints off the frame
+  boxes, _ = t.propose(frame, None)
+  assert len(boxes) == 1
+  assert boxes.min() >= 0 and boxes[0, 2] <= 200 and boxes[0, 3] <= 100

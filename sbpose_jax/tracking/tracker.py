@@ -100,8 +100,12 @@ class Tracker:
       if live:
         pb, keep = flow_lib.boxes_around(np.stack([t.moved for t in live]), self.s.kpt_thr,
                                          self.s.box_enlarge, self.s.min_keypoints)
-        boxes.append(pb)
-        scores.append(np.asarray([live[i].score for i in keep], np.float32))
+        # Joints can be predicted outside the frame; a box beyond it would only grow each frame.
+        h, w = frame.shape[:2]
+        pb = np.clip(pb, 0, [w, h, w, h]).astype(np.float32)
+        ok = (pb[:, 2] - pb[:, 0] >= 2) & (pb[:, 3] - pb[:, 1] >= 2)
+        boxes.append(pb[ok])
+        scores.append(np.asarray([live[i].score for i in keep], np.float32)[ok])
     boxes, scores = np.concatenate(boxes), np.concatenate(scores)
     if len(boxes) == 0 and det_boxes is None:
       h, w = frame.shape[:2]
