@@ -90,7 +90,7 @@ def get_config():
   c.evals = ml_collections.ConfigDict(dict(val=eval_entry("coco")))
   # Pose tracking over video (`python -m sbpose_jax.track`, docs/tracking.md).
   c.track = ml_collections.ConfigDict(dict(
-      similarity="flow",         # iou | oks (MMPose 0.x) | flow (the paper: OKS vs flow-moved poses)
+      similarity="flow",         # iou | oks (MMPose 0.x) | flow (the paper: OKS, flow-moved)
       match_thr=0.3,             # similarity a match must exceed
       min_keypoints=3,           # joints above kpt_thr for a pose to start a new track
       kpt_thr=0.3,               # joint score counted as visible

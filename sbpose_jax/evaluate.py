@@ -168,7 +168,8 @@ def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
 
 def score_tracking(cfg, eval_type: str, results_dir) -> dict[str, float]:
   """poseval's MOTA of a folder of tracked sequences, keys prefixed 'track/'."""
-  from sbpose_jax.evaluators import posetrack, posetrack_mota  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from sbpose_jax.evaluators import posetrack, posetrack_mota
   if eval_type != "posetrack18":
     raise ValueError(f"--track needs a PoseTrack18 config, this one evaluates {eval_type!r}")
   if not os.path.isdir(results_dir):

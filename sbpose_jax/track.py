@@ -285,7 +285,8 @@ def score_sequence(gt_path: str, results_path) -> dict[str, float]:
   for f in pt.read_gt_sequence(gt_path):
     pr = []
     for a in by_image.get(f["image_id"], []):
-      xy, has, sc = pt._to_15(a["keypoints"], names, a["scores"])  # pylint: disable=protected-access
+      # pylint: disable-next=protected-access
+      xy, has, sc = pt._to_15(a["keypoints"], names, a["scores"])
       pr.append({"xy": xy, "has": has, "score": sc})
     frames.append({**f, "pr": pr})
   out.update({f"AP_{k}": v for k, v in pt.table(pt.evaluate_ap(frames)).items()

@@ -1,4 +1,4 @@
-"""posetrack_mota against hand-counted sequences and poseval's own code (tests/poseval_reference)."""
+"""posetrack_mota against hand-counted sequences and poseval's code (tests/poseval_reference)."""
 from __future__ import annotations
 
 import copy

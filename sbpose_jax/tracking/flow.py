@@ -15,7 +15,7 @@ PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
 
 
 class DisFlow:
-  """Dense flow prev → next: `DisFlow(preset)(prev_bgr, next_bgr)` → (H, W, 2) float32 dx, dy."""
+  """Dense flow prev → next: `DisFlow(preset)(prev_bgr, next_bgr)` → (H, W, 2) float32."""
 
   def __init__(self, preset: str = "fast", max_side: int = 640):
     if preset not in PRESETS:
