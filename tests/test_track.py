@@ -13,7 +13,7 @@ import pytest
 
 from sbpose_jax import keypoints, models, track, video
 from sbpose_jax.data import synthetic
-from sbpose_jax.tracking import tracker
+from sbpose_jax.tracking import matching, tracker
 
 sm = track.saved_model_module()
 
@@ -166,9 +166,8 @@ def test_synthetic_people_keep_their_ids(similarity):
   for img, js in zip(frames, joints):
     gt_boxes = np.concatenate([js.min(1) - 5, js.max(1) + 5], 1)
     boxes, scores = trk.propose(img, gt_boxes, np.full(len(gt_boxes), 0.9))
-    # "Pose model": the GT pose of the person whose box centre is nearest, slightly noisy.
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    who = np.argmin(np.linalg.norm(c[:, None] - js.mean(1)[None], axis=-1), axis=1)
+    # "Pose model": the GT pose of the person whose box overlaps most, slightly moved.
+    who = np.argmax(matching.box_iou(boxes, gt_boxes), axis=1)
     kp = np.concatenate([js[who] + 0.5, np.full(js[who].shape[:2] + (1,), 0.9)], -1)
     people = trk.update(kp, boxes, scores)
     by_person = {}

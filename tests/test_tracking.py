@@ -147,3 +147,18 @@ def test_propagated_boxes_stay_inside_the_frame():
   boxes, _ = t.propose(frame, None)
   assert len(boxes) == 1
   assert boxes.min() >= 0 and boxes[0, 2] <= 200 and boxes[0, 3] <= 100
+
+
+def test_detector_boxes_kept_propagated_duplicates_dropped():
+  t = tracker.Tracker(tracker.TrackSettings(similarity="oks"), SIGMAS, flow_fn=ConstantFlow(0.0))
+  frame = np.zeros((300, 600, 3), np.uint8)
+  t.propose(frame, np.zeros((0, 4)))
+  t.update(np.stack([pose(50, 50), pose(400, 50)]),
+           np.array([[40, 40, 110, 140], [390, 40, 460, 140]]), [1, 1])
+  # Two crossing people the detector found (IoU 0.6): both kept. The propagated box of the
+  # first track repeats a detection and goes; the second track's box is new and stays.
+  dets = np.array([[44, 45, 104, 135], [50, 45, 110, 135]], np.float32)
+  boxes, scores = t.propose(frame, dets, np.array([0.9, 0.8]))
+  assert len(boxes) == 3
+  np.testing.assert_array_equal(boxes[:2], dets)
+  assert boxes[2, 0] > 300

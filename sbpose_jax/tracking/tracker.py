@@ -3,8 +3,9 @@
 Per frame, in two calls around the pose model:
 1. `propose(frame, det_boxes, det_scores)`: optical flow previous → current frame moves every
    live track's joints; boxes around the moved joints of the tracks seen in the previous frame,
-   enlarged by 15%, join the detector's boxes, unified by box NMS. With no detector at all and
-   nothing to propagate, the whole frame is one box.
+   enlarged by 15%, join the detector's boxes, unified by box NMS (a propagated box that
+   repeats a detector box goes). With no detector at all and nothing to propagate, the whole
+   frame is one box.
 2. `update(kpts, boxes, box_scores)`: duplicate poses removed (OKS-NMS), similarity to the
    tracks of the last `queue_len` frames (iou / oks against their last pose, or flow: OKS
    against their last pose moved by flow), greedy matching above `match_thr`; an unmatched pose
@@ -30,7 +31,7 @@ class TrackSettings:
   queue_len: int = 5             # frames a lost track can come back within
   propagate: bool = True         # add flow-propagated boxes to the detector's
   box_enlarge: float = 0.15      # growth of the box around propagated joints
-  nms_iou: float = 0.5           # box NMS of detected + propagated boxes
+  nms_iou: float = 0.5           # a propagated box overlapping a detector box more goes
   pose_nms_oks: float = 0.9      # duplicate poses (OKS above this) dropped
   det_score_thr: float = 0.4     # detector boxes below this score are not used
   flow_preset: str = "fast"      # cv2 DIS preset: ultrafast | fast | medium
@@ -87,31 +88,36 @@ class Tracker:
       for t, m in zip(self.tracks.values(), moved):
         t.moved = m
     self.prev_frame = frame
-    boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0,), np.float32)]
+    h, w = frame.shape[:2]
+    db, ds = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     if det_boxes is not None and len(det_boxes):
       db = np.asarray(det_boxes, np.float32).reshape(-1, 4)
       ds = (np.ones(len(db), np.float32) if det_scores is None
-            else np.asarray(det_scores, np.float32))
+            else np.asarray(det_scores, np.float32).reshape(-1))
       ok = ds >= self.s.det_score_thr
-      boxes.append(db[ok])
-      scores.append(ds[ok])
-    if self.s.propagate:
-      live = [t for t in self.tracks.values() if t.age == 0]
-      if live:
-        pb, keep = flow_lib.boxes_around(np.stack([t.moved for t in live]), self.s.kpt_thr,
-                                         self.s.box_enlarge, self.s.min_keypoints)
-        # Joints can be predicted outside the frame; a box beyond it would only grow each frame.
-        h, w = frame.shape[:2]
-        pb = np.clip(pb, 0, [w, h, w, h]).astype(np.float32)
-        ok = (pb[:, 2] - pb[:, 0] >= 2) & (pb[:, 3] - pb[:, 1] >= 2)
-        boxes.append(pb[ok])
-        scores.append(np.asarray([live[i].score for i in keep], np.float32)[ok])
-    boxes, scores = np.concatenate(boxes), np.concatenate(scores)
-    if len(boxes) == 0 and det_boxes is None:
-      h, w = frame.shape[:2]
-      return np.asarray([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
-    keep = matching.box_nms(boxes, scores, self.s.nms_iou)
-    return boxes[keep], scores[keep]
+      db, ds = db[ok], ds[ok]
+    pb, ps = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    live = [t for t in self.tracks.values() if t.age == 0] if self.s.propagate else []
+    if live:
+      pb, keep = flow_lib.boxes_around(np.stack([t.moved for t in live]), self.s.kpt_thr,
+                                       self.s.box_enlarge, self.s.min_keypoints)
+      ps = np.asarray([live[i].score for i in keep], np.float32)
+      # Joints can be predicted outside the frame; a box beyond it would only grow each frame.
+      pb = np.clip(pb, 0, [w, h, w, h]).astype(np.float32)
+      ok = (pb[:, 2] - pb[:, 0] >= 2) & (pb[:, 3] - pb[:, 1] >= 2)
+      pb, ps = pb[ok], ps[ok]
+    if len(db) == 0 and len(pb) == 0:
+      if det_boxes is None:
+        return np.asarray([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
+      return db, ds
+    # NMS with the detector's boxes first: they are kept as the detector gave them (it ran its
+    # own NMS, and people who cross overlap), a propagated box goes when it repeats one of them.
+    # Propagated boxes are one per track, so they are not suppressed among themselves; poses
+    # that still come out twice are removed by the OKS-NMS in `update`.
+    if len(db) and len(pb):
+      ok = matching.box_iou(pb, db).max(axis=1) <= self.s.nms_iou
+      pb, ps = pb[ok], ps[ok]
+    return np.concatenate([db, pb]), np.concatenate([ds, ps])
 
   def _pose_scores(self, kpts: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
     """MMPose rescoring: box score x mean of the joint scores above kpt_thr."""
