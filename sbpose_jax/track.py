@@ -275,7 +275,7 @@ def score_sequence(gt_path: str, results_path) -> dict[str, float]:
   from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
   gt_d = json.loads(pathlib.Path(gt_path).read_text())
   pr_d = json.loads(pathlib.Path(results_path).read_text())
-  out = pm.evaluate_sequences([(pm.parse_sequence(gt_d, gt_path),
+  out = pm.evaluate_sequences([(pm.parse_sequence(gt_d, gt_path, predictions=False),
                                 pm.parse_sequence(pr_d, str(results_path)), gt_path)])
   names = pr_d["categories"][0]["keypoints"]
   by_image: dict = {}

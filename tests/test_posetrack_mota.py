@@ -58,7 +58,7 @@ def counts(gt, pr):
 def check_against_poseval(gts, prs):
   ref = pytest.importorskip("poseval_reference")
   want, want_mid = ref.evaluate(gts, prs)
-  tot = pm.accumulate([(pm.parse_sequence(g), pm.parse_sequence(p), f"s{i}")
+  tot = pm.accumulate([(pm.parse_sequence(g, predictions=False), pm.parse_sequence(p), f"s{i}")
                        for i, (g, p) in enumerate(zip(gts, prs))])
   for k in ("num_misses", "num_switches", "num_false_positives", "num_objects",
             "num_detections", "sumD"):
@@ -256,3 +256,14 @@ def test_evaluate_command_prints_mota_beside_ap(tmp_path, capsys):
   assert m["Total"] == pytest.approx(100)
   out = capsys.readouterr().out
   assert "MOTA" in out and "Total" in out
+
+
+def test_duplicate_predicted_ids_and_large_ids_are_errors():
+  gt = sequence(two_people())
+  pr_frames = two_people()
+  pr_frames[1][1]["track_id"] = 0
+  with pytest.raises(ValueError, match="twice"):
+    ours(gt, sequence(pr_frames))
+  pr_frames[1][1]["track_id"] = 10000
+  with pytest.raises(ValueError, match="10000"):
+    ours(gt, sequence(pr_frames))

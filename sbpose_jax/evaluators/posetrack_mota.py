@@ -51,8 +51,10 @@ def _load(path: str, what: str) -> dict:
     raise ValueError(f"{what} {path} is not valid json: {e}") from e
 
 
-def parse_sequence(data: dict, where: str = "sequence") -> list[dict]:
+def parse_sequence(data: dict, where: str = "sequence", predictions: bool = True) -> list[dict]:
   """A PoseTrack18 json (dict) → frames in `images` order.
+
+  As poseval: every track id must be below 10000; predicted ids must be unique per frame.
 
   Each frame: {"image_id", "people": [{"track_id", "xy" (15, 2), "has" (15,) bool,
   "head" (4,) x1 y1 x2 y2 or None}], "ignore": [(P, 2) polygons]}.
@@ -77,10 +79,10 @@ def parse_sequence(data: dict, where: str = "sequence") -> list[dict]:
       if "track_id" not in a:
         raise ValueError(f"{where}: an annotation of image {im['id']} has no track_id")
       tid = int(a["track_id"])
-      if tid in seen:
+      if predictions and tid in seen:
         raise ValueError(f"{where}: track id {tid} twice in image {im['id']}")
-      if not 0 <= tid < MAX_TRACK_ID:
-        raise ValueError(f"{where}: track id {tid} outside [0, {MAX_TRACK_ID}) (poseval)")
+      if tid >= MAX_TRACK_ID:
+        raise ValueError(f"{where}: track id {tid} is not below {MAX_TRACK_ID} (poseval)")
       seen.add(tid)
       k = np.asarray(a["keypoints"], np.float64).reshape(len(names), 3)[src]
       has = ~((k[:, 0] == 0) & (k[:, 1] == 0) & (k[:, 2] == 0))
@@ -301,7 +303,7 @@ def score_folders(gt_folder: str, pred_folder: str) -> dict[str, float]:
     if not os.path.exists(pred_path):
       raise FileNotFoundError(f"prediction file {pred_path} does not exist (one per GT "
                               f"sequence, same name)")
-    gt = parse_sequence(_load(path, "ground-truth sequence"), path)
+    gt = parse_sequence(_load(path, "ground-truth sequence"), path, predictions=False)
     pr = parse_sequence(_load(pred_path, "prediction sequence"), pred_path)
     seqs.append((gt, pr, name))
   return evaluate_sequences(seqs)
