@@ -100,14 +100,6 @@ def read_boxes(path: str, source) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 # Poses: one jitted batch per frame, the evaluation's numerics
 # ----------------------------------------------------------------------------------------------
 
-def saved_model_module():
-  """`sbpose_jax.saved_model` (its new name), else `sbpose_jax.checkpoint`, of THIS package."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  here = pathlib.Path(__file__).parent
-  name = "saved_model" if (here / "saved_model.py").exists() else "checkpoint"
-  return importlib.import_module(f"sbpose_jax.{name}")
-
-
 def _bucket(n: int) -> int:
   """Batch sizes padded to powers of two: few compilations, little waste."""
   return 1 << max(0, (n - 1).bit_length())
@@ -117,15 +109,15 @@ class PoseModel:
   """`PoseModel(cfg, checkpoint)(frame_bgr, boxes_xyxy, scores)` → (N, K, 3) image x, y, score."""
 
   def __init__(self, cfg, checkpoint_path):
-    from sbpose_jax import geometry, inference, models  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from sbpose_jax import geometry, inference, saved_model, workdir
     from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
-    variables, meta = saved_model_module().load_model(checkpoint_path)
+    # A saved model or a training workdir (its best / last model), as evaluate and predict.
+    saved_model.check_fits(workdir.read_meta(checkpoint_path), cfg.data.dataset,
+                           checkpoint_path)
+    variables, meta = workdir.load_model(checkpoint_path)
     info = keypoints.get(cfg.data.dataset)
-    if meta.num_joints != info.num_joints:
-      raise ValueError(f"{checkpoint_path} predicts {meta.num_joints} joints but dataset "
-                       f"{cfg.data.dataset!r} has {info.num_joints}")
-    precision = "highest" if str(cfg.model.dtype) == "float32" else None
-    model = models.build(cfg.model, meta.num_joints, **meta.model_config(), precision=precision)
+    model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
     self.predict = inference.make_predict_fn(model, variables, cfg, meta)
     self.geometry, self.cfg = geometry, cfg
     self.affine = transforms.TopDownAffine(cfg.data.input_size)

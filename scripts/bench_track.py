@@ -26,16 +26,15 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sbpose_jax import config as config_lib  # noqa: E402
-from sbpose_jax import keypoints, models, track, video  # noqa: E402
+from sbpose_jax import keypoints, saved_model as sm, track, video  # noqa: E402
 from sbpose_jax.data import synthetic  # noqa: E402
 from sbpose_jax.tracking import tracker  # noqa: E402
 
 
 def save_random_model(path, depth, width):
-  sm = track.saved_model_module()
   meta = sm.ModelMeta(depth=depth, width=width, num_joints=17, dataset="posetrack18",
                       colour_order="rgb", source="bench")
-  model = models.build(meta.model_config(), 17)
+  model = sm.build_model(meta)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 192, 3)))
   rng = np.random.default_rng(0)
 

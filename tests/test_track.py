@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import keypoints, models, track, video
+from sbpose_jax import keypoints, models, saved_model as sm, track, video
 from sbpose_jax.data import synthetic
 from sbpose_jax.tracking import matching, tracker
 
-sm = track.saved_model_module()
 
 SMALL = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)",
          "--config.model.dtype='float32'"]
@@ -28,7 +27,7 @@ def model_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("models") / "tiny"
   meta = sm.ModelMeta(depth=18, width=8, num_joints=17, deconv_filters=(16, 16, 16),
                       dataset="posetrack18", colour_order="rgb", source="test")
-  model = models.build(meta.model_config(), 17)
+  model = sm.build_model(meta)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 48, 3)))
   rng = np.random.default_rng(0)
 
