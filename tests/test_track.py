@@ -175,3 +175,62 @@ def test_synthetic_people_keep_their_ids(similarity):
       by_person[int(np.argmin(d))] = p["track_id"]
     ids.append((by_person.get(0), by_person.get(1)))
   assert len(set(ids)) == 1 and None not in ids[0] and ids[0][0] != ids[0][1], ids
+
+
+def test_unreadable_frame_in_a_folder(fixtures_dir, model_dir, tmp_path, capsys):
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for f in sorted((fixtures_dir / CLIP).glob("*.jpg"))[:3]:
+    shutil.copy(f, folder / f.name)
+  (folder / "000001.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(SystemExit):
+    _run(model_dir, folder, tmp_path / "o")
+  err = capsys.readouterr().err
+  assert "cannot read frame 1" in err and "000001.jpg" in err
+  assert len(json.loads((tmp_path / "o/frames.json").read_text())["images"]) == 1
+
+
+def test_read_boxes_formats(tmp_path):
+  src = video.Source("x", "folder", "x", 30.0, 3, ["a.jpg", "b.jpg", "c.jpg"], "")
+  p = tmp_path / "b.json"
+  p.write_text(json.dumps({"b.jpg": [[10, 20, 30, 40, 0.7]], "2": [[0, 0, 5, 5]]}))
+  boxes = track.read_boxes(str(p), src)
+  np.testing.assert_allclose(boxes[1][0], [[10, 20, 40, 60]])
+  np.testing.assert_allclose(boxes[1][1], [0.7])
+  np.testing.assert_allclose(boxes[2][1], [1.0])
+  p.write_text(json.dumps([{"image_id": 0, "bbox": [1, 2, 3, 4], "score": 0.5,
+                            "category_id": 1}, {"image_id": 0, "bbox": [1, 2, 3, 4],
+                                                "category_id": 2}]))
+  boxes = track.read_boxes(str(p), src)
+  assert list(boxes) == [0] and len(boxes[0][0]) == 1
+  p.write_text(json.dumps("nonsense"))
+  with pytest.raises(ValueError, match="--boxes"):
+    track.read_boxes(str(p), src)
+
+
+def test_synthetic_tracking_scores_full_mota():
+  images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"}
+            for t in range(len(frames))]
+  from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
+  frames, joints = _synthetic_clip()
+  info = keypoints.get("posetrack18")     # same joint order as COCO but for head_bottom/top
+  images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"} for t in range(len(frames))]
+  src = video.Source("syn.json", "posetrack", "syn", 30.0, len(frames), [], "", images)
+  trk = tracker.Tracker(tracker.TrackSettings(similarity="flow"), info.sigmas_array)
+  out, gt_anns = [], []
+  for t, (img, js) in enumerate(zip(frames, joints)):
+    gt_boxes = np.concatenate([js.min(1) - 5, js.max(1) + 5], 1)
+    boxes, scores = trk.propose(img, gt_boxes, np.full(len(gt_boxes), 0.9))
+    who = np.argmax(matching.box_iou(boxes, gt_boxes), axis=1)
+    kp = np.concatenate([js[who] + 0.5, np.full(js[who].shape[:2] + (1,), 0.9)], -1)
+    out.append(trk.update(kp, boxes, scores))
+    for pid, j in enumerate(js):
+      head = np.concatenate([j[:5].min(0) - 8, j[:5].max(0) - j[:5].min(0) + 16])
+      gt_anns.append({"image_id": 10 + t, "track_id": 7 + pid, "bbox_head": head.tolist(),
+                      "keypoints": np.concatenate([j, np.ones((17, 1))], 1).reshape(-1).tolist()})
+  res = track.results_json(src, info, out)
+  gt = {"images": images, "annotations": gt_anns, "categories": res["categories"]}
+  scores = pm.evaluate_sequences([(pm.parse_sequence(gt, predictions=False),
+                                   pm.parse_sequence(res), "syn")])
+  assert scores["MOTA"] == pytest.approx(100.0)
+  assert scores["Prec"] == pytest.approx(100.0) and scores["Rec"] == pytest.approx(100.0)
