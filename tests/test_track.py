@@ -209,12 +209,12 @@ def test_read_boxes_formats(tmp_path):
 
 
 def test_synthetic_tracking_scores_full_mota():
-  images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"}
-            for t in range(len(frames))]
+  """Tracker output written by `results_json` and scored by posetrack_mota: ids kept → MOTA 100."""
   from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
   frames, joints = _synthetic_clip()
   info = keypoints.get("posetrack18")     # same joint order as COCO but for head_bottom/top
-  images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"} for t in range(len(frames))]
+  images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"}
+            for t in range(len(frames))]
   src = video.Source("syn.json", "posetrack", "syn", 30.0, len(frames), [], "", images)
   trk = tracker.Tracker(tracker.TrackSettings(similarity="flow"), info.sigmas_array)
   out, gt_anns = [], []
