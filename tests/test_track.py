@@ -209,7 +209,7 @@ def test_read_boxes_formats(tmp_path):
 
 
 def test_synthetic_tracking_scores_full_mota():
-  """Tracker output written by `results_json` and scored by posetrack_mota: ids kept → MOTA 100."""
+  """Tracker output (results_json) scored by posetrack_mota: ids kept through → MOTA 100."""
   from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
   frames, joints = _synthetic_clip()
   info = keypoints.get("posetrack18")     # same joint order as COCO but for head_bottom/top
