@@ -9,7 +9,9 @@ each image gets the boxes listed for it; the file is either a COCO detection-res
 optional `score`, `category_id` 1 = person) or a dict `{file name or stem: [[x, y, w, h(, score)],
 ...]}`. Writes out_dir/predictions.json (per image: instances with box, score and keypoints
 [x, y, score] per joint) and out_dir/<image stem>.png with the skeletons drawn (joint score →
-opacity).
+opacity). A video input (.mp4, .mkv, .avi, .mov, .webm, .m4v) gets one whole-frame box per frame
+(a single person; `python -m sbpose_jax.track` follows several) and writes out_dir/<stem>.mp4 and
+out_dir/<stem>.json; frames are decoded in a background thread.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from sbpose_jax import geometry, keypoints, saved_model, visualize, workdir
 from sbpose_jax import config as config_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog="Any --config.KEY=VALUE argument overrides a config field.")
   p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
   p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
-  p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+  p.add_argument("inputs", nargs="+", help="image files, folders of images and/or videos")
   p.add_argument("--boxes", help="person boxes per image (see the module docstring)")
   p.add_argument("--out-dir", required=True)
   p.add_argument("--batch-size", type=int, help="boxes per batch (default config.test.batch_size)")
@@ -210,6 +213,43 @@ def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib
   return pngs
 
 
+def predict_video(predict_fn, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
+                  use_nms: bool) -> pathlib.Path:
+  """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json."""
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  src, frames = video.open_source(str(path)), []
+  with video.VideoWriter(str(out / f"{path.stem}.mp4"), src.fps) as writer:
+    def flush(chunk):
+      # Frames come BGR; the model gets the config's colour order, as decode_image gives it.
+      imgs = [(pathlib.Path(f.name), _to_rgb(f.image, "bgr") if cfg.data.colour_order == "rgb"
+               else f.image) for f in chunk]
+      boxes = [[([0.0, 0.0, float(i.shape[1]), float(i.shape[0])], 1.0)] for _, i in imgs]
+      for (_, img), r in zip(imgs, predict_images(predict_fn, imgs, boxes, cfg, batch_size,
+                                                  use_nms)):
+        kp = np.asarray(r["keypoints"], np.float32).reshape(
+            -1, keypoints.get(cfg.data.dataset).num_joints, 3)
+        drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
+                                     kpt_thr=kpt_thr)
+        writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        frames.append([{"score": s, "keypoints": np.round(k.astype(np.float64), 3).tolist()}
+                       for s, k in zip(r["scores"], kp)])
+    try:
+      chunk = []
+      for f in video.prefetch(src.frames()):
+        chunk.append(f)
+        if len(chunk) == batch_size:
+          flush(chunk)
+          chunk = []
+      if chunk:
+        flush(chunk)
+    finally:     # a broken video keeps what came before it
+      (out / f"{path.stem}.json").write_text(json.dumps(
+          {"dataset": cfg.data.dataset, "video": str(path), "fps": src.fps, "frames": frames}))
+  return out / f"{path.stem}.mp4"
+
+
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
@@ -217,7 +257,9 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
-  paths = list_images(inputs)
+  videos = [pathlib.Path(i) for i in inputs if pathlib.Path(i).suffix.lower() in VIDEO_SUFFIXES]
+  inputs = [i for i in inputs if pathlib.Path(i).suffix.lower() not in VIDEO_SUFFIXES]
+  paths = list_images(inputs) if inputs else []
   thr = cfg.data.det_score_thr if det_score_thr is None else det_score_thr
   box_table = read_boxes(boxes_file, paths, thr) if boxes_file else None
   images = []
@@ -234,7 +276,10 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   predict_fn = inference.make_predict_fn(model, variables, cfg, meta)
   results = predict_images(predict_fn, images, boxes, cfg,
                            int(batch_size or cfg.test.batch_size), use_nms)
-  return write_outputs(out_dir, images, results, cfg, kpt_thr)
+  written = write_outputs(out_dir, images, results, cfg, kpt_thr) if images else []
+  return written + [predict_video(predict_fn, v, cfg, out_dir,
+                                  int(batch_size or cfg.test.batch_size), kpt_thr, use_nms)
+                    for v in videos]
 
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:

@@ -75,3 +75,13 @@ def test_bad_inputs_are_one_clear_error(fixtures_dir, model_dir, tmp_path, capsy
   with pytest.raises(SystemExit):
     predict.main(args)
   assert want in capsys.readouterr().err
+
+
+def test_video_input_writes_an_annotated_video(fixtures_dir, model_dir, tmp_path):
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  clip = fixtures_dir / "posetrack18/videos/000001_mpiinew_test/000001_mpiinew_test.mp4"
+  written = predict.main(_args(model_dir, tmp_path, clip))
+  assert written == [tmp_path / "000001_mpiinew_test.mp4"]
+  assert video.open_source(str(written[0])).num_frames == 5
+  frames = json.loads((tmp_path / "000001_mpiinew_test.json").read_text())["frames"]
+  assert len(frames) == 5 and all(len(f) == 1 for f in frames)
