@@ -267,3 +267,23 @@ def test_duplicate_predicted_ids_and_large_ids_are_errors():
   pr_frames[1][1]["track_id"] = 10000
   with pytest.raises(ValueError, match="10000"):
     ours(gt, sequence(pr_frames))
+
+
+def test_people_without_joints_and_frames_emptied_by_ignore_regions():
+  """poseval's quirks: a GT person with no joints keeps a frame on the normal path (no ignore
+  region there); a frame whose people are all inside ignore regions counts as empty."""
+  empty = person(0, 0, 5, 0)
+  empty["keypoints"] = [0] * 51
+  gt_frames = two_people(5)
+  gt_frames[1] = [empty]                       # only a person without joints
+  pr_frames = two_people(5)
+  pr_frames[3].append({**person(0, 0, 9, 0), "keypoints": [0] * 51})   # a prediction without
+  everything = ([0, 2000, 2000, 0], [0, 0, 2000, 2000])
+  gt = sequence(gt_frames, ignore={2: everything})
+  pr = sequence(pr_frames)
+  c = counts(gt, pr)
+  # frame 1: normal path, no GT joints: the 2 predictions are FPs; frame 2: emptied → 1/1/1;
+  # frames 0 and 3: 2 objects each; frame 4 unused.
+  np.testing.assert_array_equal(c["num_objects"], 5)
+  np.testing.assert_array_equal(c["num_false_positives"], 3)
+  check_against_poseval([gt], [pr])
