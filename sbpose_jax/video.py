@@ -169,7 +169,11 @@ def prefetch(items: Iterator, depth: int = 8) -> Iterator:
 
 
 class VideoWriter:
-  """H.264 (libx264, else MPEG-4) mp4 writer for BGR frames; sizes rounded down to even."""
+  """H.264 (libx264, else MPEG-4) mp4 writer for BGR frames.
+
+  The first frame sets the size (rounded down to even, as yuv420p needs); later frames of
+  another size (a folder of mixed pictures) are resized to it.
+  """
 
   def __init__(self, path: str, fps: float, codec: str | None = None):
     import av  # pylint: disable=import-outside-toplevel
@@ -184,10 +188,13 @@ class VideoWriter:
 
   def write(self, bgr: np.ndarray) -> None:
     if self.size is None:
-      h, w = bgr.shape[:2]
+      h, w = self.first_hw = bgr.shape[:2]
       self.size = (w - w % 2, h - h % 2)
       self.stream.width, self.stream.height = self.size
-    img = np.ascontiguousarray(bgr[:self.size[1], :self.size[0]])
+    if bgr.shape[:2] == self.first_hw:
+      img = np.ascontiguousarray(bgr[:self.size[1], :self.size[0]])
+    else:
+      img = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)
     frame = self._av.VideoFrame.from_ndarray(img, format="bgr24")
     for packet in self.stream.encode(frame):
       self.container.mux(packet)
