@@ -180,85 +180,93 @@ def with_flow(frames, flow_fn):
     prev = fr.image
 
 
+class _Outputs:
+  """The annotated video, the optional PNGs and the progress bar of one input."""
+
+  def __init__(self, out: pathlib.Path, source, skeleton, kpt_thr, write_frames, progress):
+    from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+    self.png_dir = out / source.name if write_frames else None
+    if self.png_dir is not None:
+      self.png_dir.mkdir(exist_ok=True)
+    self.writer = video.VideoWriter(str(out / f"{source.name}.mp4"), source.fps)
+    self.skeleton, self.kpt_thr = skeleton, kpt_thr
+    self.bar, self.start, self.count = None, time.perf_counter(), 0
+    if progress:
+      import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm.tqdm(total=source.num_frames or None, unit="frame", desc=source.name)
+
+  def add(self, fr, people) -> None:
+    from sbpose_jax.tracking import draw  # pylint: disable=import-outside-toplevel
+    drawn = draw.draw_tracks(fr.image, people, self.skeleton, self.kpt_thr)
+    self.writer.write(drawn)
+    if self.png_dir is not None:
+      cv2.imwrite(str(self.png_dir / f"{pathlib.Path(fr.name).stem}.png"), drawn)
+    self.count += 1
+    if self.bar is not None:
+      self.bar.update(1)
+      self.bar.set_postfix(fps=f"{self.count / (time.perf_counter() - self.start):.1f}")
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    self.writer.close()
+
+
 def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False,
                 kpt_thr=None, progress=True):
   """Runs the tracker over `source`; returns (results json path, stats dict).
 
-  On a broken video the outputs of the frames before it are written, then VideoError raised.
+  stats: frames, seconds, and the seconds spent waiting for frames (decoding + flow run ahead
+  in a thread), proposing boxes, in the pose model, matching, and drawing/writing. On a broken
+  video the outputs of the frames before it are written, then VideoError is raised.
   """
   from sbpose_jax import video  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.tracking import draw, tracker  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.tracking import flow as flow_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.tracking import tracker  # pylint: disable=import-outside-toplevel
   info = keypoints.get(cfg.data.dataset)
   settings = tracker.TrackSettings.from_config(cfg.track)
   settings = tracker.TrackSettings(**{**settings.__dict__, "fps": source.fps})
   trk = tracker.Tracker(settings, info.sigmas_array)
-  kpt_thr = settings.kpt_thr if kpt_thr is None else kpt_thr
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  if write_frames:
-    (out / source.name).mkdir(exist_ok=True)
-  frames_out: list[list[dict]] = []
-  t = dict(wait=0.0, flow=0.0, pose=0.0, match=0.0, write=0.0)
-  bar = None
-  if progress:
-    import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm.tqdm(total=source.num_frames or None, unit="frame", desc=source.name)
-  writer = video.VideoWriter(str(out / f"{source.name}.mp4"), source.fps)
-  error = None
-  start = time.perf_counter()
+  outputs = _Outputs(out, source, info.skeleton, settings.kpt_thr if kpt_thr is None else kpt_thr,
+                     write_frames, progress)
   frames = source.frames()
   if trk.needs_flow:     # its own DIS instance: it runs in the decoding thread
-    from sbpose_jax.tracking import flow as flow_lib  # pylint: disable=import-outside-toplevel
     frames = with_flow(frames, flow_lib.DisFlow(settings.flow_preset, settings.flow_max_side))
   else:
     frames = ((f, None) for f in frames)
-  it = video.prefetch(frames)
+  frames_out: list[list[dict]] = []
+  t = dict(wait=0.0, propose=0.0, pose=0.0, match=0.0, write=0.0)
+  error, start, no_det = None, time.perf_counter(), (np.zeros((0, 4)), np.zeros(0))
   try:
-    while True:
-      t0 = time.perf_counter()
-      try:
-        fr, fl = next(it)
-      except StopIteration:
-        break
-      t1 = time.perf_counter()
-      det = boxes.get(fr.index, (np.zeros((0, 4)), np.zeros(0))) if boxes is not None else None
-      bx, sc = trk.propose(fr.image, *(det if det is not None else (None, None)), flow=fl)
-      t2 = time.perf_counter()
+    stamp = time.perf_counter()
+    for fr, fl in video.prefetch(frames):
+      lap = {"wait": time.perf_counter()}
+      det = boxes.get(fr.index, no_det) if boxes is not None else (None, None)
+      bx, sc = trk.propose(fr.image, *det, flow=fl)
+      lap["propose"] = time.perf_counter()
       kp = pose_model(fr.image, bx, sc)
-      t3 = time.perf_counter()
-      people = trk.update(kp, bx, sc)
-      t4 = time.perf_counter()
-      frames_out.append(people)
-      drawn = draw.draw_tracks(fr.image, people, info.skeleton, kpt_thr)
-      writer.write(drawn)
-      if write_frames:
-        cv2.imwrite(str(out / source.name / f"{pathlib.Path(fr.name).stem}.png"), drawn)
-      t5 = time.perf_counter()
-      for k, a, b in (("wait", t0, t1), ("flow", t1, t2), ("pose", t2, t3), ("match", t3, t4),
-                      ("write", t4, t5)):
-        t[k] += b - a
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(fps=f"{len(frames_out) / (time.perf_counter() - start):.1f}")
+      lap["pose"] = time.perf_counter()
+      frames_out.append(trk.update(kp, bx, sc))
+      lap["match"] = time.perf_counter()
+      outputs.add(fr, frames_out[-1])
+      lap["write"] = time.perf_counter()
+      for k, v in lap.items():
+        t[k], stamp = t[k] + v - stamp, v
   except video.VideoError as e:
     error = e
   finally:
-    if bar is not None:
-      bar.close()
-    writer.close()
-  if source.images_meta and error is None and len(frames_out) != len(source.images_meta):
-    raise ValueError(f"{source.path}: decoded {len(frames_out)} of "
-                     f"{len(source.images_meta)} frames")
-  path = out / f"{source.name}.json"
+    outputs.close()
   src = source
   if error is not None and source.images_meta:      # keep the json consistent: frames done
     src = type(source)(**{**source.__dict__, "images_meta": source.images_meta[:len(frames_out)]})
+  path = out / f"{source.name}.json"
   path.write_text(json.dumps(results_json(src, info, frames_out)))
-  stats = dict(frames=len(frames_out), seconds=time.perf_counter() - start, **t)
   if error is not None:
     raise type(error)(f"{error} — the {len(frames_out)} frames before it were tracked and "
                       f"written to {out}", error.frame) from error
-  return path, stats
+  return path, dict(frames=len(frames_out), seconds=time.perf_counter() - start, **t)
 
 
 def score_sequence(gt_path: str, results_path) -> dict[str, float]:
@@ -312,8 +320,12 @@ def main(argv: Sequence[str] | None = None):
     pose_model = PoseModel(cfg, args.checkpoint)
     path, stats = track_video(cfg, pose_model, source, args.out_dir, boxes, args.frames,
                               args.kpt_thr, not args.quiet)
+    n = max(stats["frames"], 1)
+    per = ", ".join(f"{k} {1000 * stats[k] / n:.1f}" for k in ("wait", "propose", "pose",
+                                                              "match", "write"))
     print(f"tracked {stats['frames']} frames at {stats['frames'] / stats['seconds']:.1f} "
-          f"frames/s; wrote {path} and {path.with_suffix('.mp4')}", file=sys.stderr)
+          f"frames/s (ms per frame: {per}); wrote {path} and {path.with_suffix('.mp4')}",
+          file=sys.stderr)
     scores = None
     if args.eval:
       scores = score_sequence(args.input, path)
