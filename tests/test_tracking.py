@@ -162,3 +162,20 @@ def test_detector_boxes_kept_propagated_duplicates_dropped():
   assert len(boxes) == 3
   np.testing.assert_array_equal(boxes[:2], dets)
   assert boxes[2, 0] > 300
+
+
+def test_tracker_smoothing_steadies_a_jittering_pose():
+  rng = np.random.default_rng(0)
+  out = {}
+  for smooth in (False, True):
+    t = tracker.Tracker(tracker.TrackSettings(similarity="oks", propagate=False,
+                                              smoothing=smooth, one_euro_beta=0.0), SIGMAS)
+    xs = []
+    for _ in range(40):
+      p = pose(100, 100)
+      p[:, :2] += rng.normal(0, 1.0, (K, 2))
+      res = t.update(p[None], np.array([[90, 90, 160, 190]]), [1])
+      assert [r["track_id"] for r in res] == [0]
+      xs.append(res[0]["keypoints"][0, 0])
+    out[smooth] = np.std(xs[10:])
+  assert out[True] < 0.6 * out[False]
