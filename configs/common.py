@@ -97,7 +97,7 @@ def get_config():
       queue_len=5,               # a track lost for fewer frames can be matched again
       propagate=True,            # add boxes around flow-moved previous poses to the detector's
       box_enlarge=0.15,          # growth of those boxes (the paper: 15%)
-      nms_iou=0.5,               # box NMS of detected + propagated boxes
+      nms_iou=0.5,               # a propagated box overlapping a detector box more is dropped
       pose_nms_oks=0.9,          # duplicate poses above this OKS are dropped
       det_score_thr=0.4,         # detector boxes below this score are ignored
       flow_preset="fast",        # cv2.DISOpticalFlow preset: ultrafast | fast | medium
