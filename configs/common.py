@@ -88,6 +88,8 @@ def get_config():
       blur_kernel=11,
       vis_thr=0.2,
       oks_thr=0.9,
+      # CrowdPose's ignored people: "2020" (published numbers) or "current" (xtcocotools >= 1.9).
+      crowdpose_ignore="2020",
       batch_size=64,
   ))
   c.evals = ml_collections.ConfigDict(dict(val=eval_entry("coco")))
