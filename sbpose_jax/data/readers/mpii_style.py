@@ -113,9 +113,10 @@ def read_mpii_trb(ann_file, image_root, *, input_size=(256, 256), padding=None, 
   """MPII-TRB (40 joints), reference-conventions §1.4 (MM 0.x `TopDownMpiiTrbDataset._get_db`).
 
   centre = json `center` as is (no -1, no +15); scale = input_size / json scale / 200 (a
-  2-vector, float64 as the 2020 reader; the centre is float32) with **no** 1.25 padding (the TRB pipeline never pads; `padding` is ignored);
-  vis = min(v, 1); instances with max(keypoints) == 0 dropped; sorted by annotation id, the
-  order the TRB metric pairs predictions with GT. The json `headbox` (x1 y1 x2 y2, needed by the
+  2-vector, float64 as the 2020 reader; the centre is float32) with **no** 1.25 padding (the
+  TRB pipeline never pads; `padding` is ignored); vis = min(v, 1); instances with
+  max(keypoints) == 0 dropped; sorted by annotation id, the order the TRB metric pairs
+  predictions with GT. The json `headbox` (x1 y1 x2 y2, needed by the
   metric) goes to extra['headbox'] (NaN where absent).
   """
   del padding, det_score_thr
