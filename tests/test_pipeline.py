@@ -366,3 +366,14 @@ def test_mpii_training_samples_are_the_2020_references(fixtures_dir):
         low = t.random_map(low, low_rng) if hasattr(t, "random_map") else t.map(low)
       float32_differs += int(not np.array_equal(low["image"], ref_crop))
   assert float32_differs > 0
+  # Evaluation crops: the 2020 test pipeline warps with the float64 centre and scale as well.
+  crops = pipeline.EvalBatchLoader(rec, (256, 256)).map((np.arange(len(rec)), np.ones(
+      len(rec), bool)))
+  for i, a in enumerate(data):
+    c = np.array(a["center"], dtype=np.float64)
+    s = np.array([a["scale"], a["scale"]], dtype=np.float64)
+    c[1], s = c[1] + 15 * s[1], s * 1.25
+    image = loader.map(i)["image"]
+    ref = cv2.warpAffine(image, _mm2020_affine(c - 1, s, 0, (256, 256)), (256, 256),
+                         flags=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(crops[i]["image"], ref)
