@@ -3,6 +3,7 @@
   python -m sbpose_jax.evaluate --config coco_res50 --checkpoint models/res50_coco_256x192 \
       --out-dir out/coco_res50 [--gt-boxes | --det-file F] [--no-flip] [--batch-size 64] \
       [--ann-file F] [--img-dir D] [--dtype bfloat16] [--config.test.decode=unbiased ...]
+      [--gt-file F (MPII)] [--crowdpose-ignore 2020|current (CrowdPose)]
   python -m sbpose_jax.evaluate --config coco_res50 --results out/keypoints.json --out-dir O
 
 Paths default to the config's evaluation data (`config.data` updated with `evals.val.data`);
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out-dir", required=True, help="where keypoints.json and metrics.json go")
   p.add_argument("--ann-file", help="ground-truth annotation file (default: from the config)")
   p.add_argument("--img-dir", help="image folder (default: from the config)")
+  p.add_argument("--gt-file", help="MPII: the PCKh ground truth, the official mpii_gt_val.mat or "
+                                   "a JSON list with 'headbox' per entry (default: "
+                                   "data.gt_mat_file; --ann-file does not change it)")
+  p.add_argument("--crowdpose-ignore", choices=("2020", "current"), default=None,
+                 help="CrowdPose: which people the metric ignores. 2020 (default, the published "
+                      "numbers): no joint with v > 0; current: num_keypoints == 0, the rule of "
+                      "xtcocotools >= 1.9 (2021) that a current MMPose uses")
   boxes = p.add_mutually_exclusive_group()
   boxes.add_argument("--det-file", help="detector boxes (COCO results json)")
   boxes.add_argument("--gt-boxes", action="store_true", help="use ground-truth boxes")
@@ -69,12 +77,19 @@ def parse_args(argv: Sequence[str] | None):
 def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
   """Command-line paths and switches → cfg (absolute paths survive `root / path`)."""
   d = cfg.data
+  if getattr(args, "gt_file", None):
+    if d.dataset != "mpii":
+      raise ValueError(f"--gt-file is MPII's PCKh ground truth; dataset {d.dataset!r} takes its "
+                       "ground truth from --ann-file")
+    d.gt_mat_file = os.path.abspath(args.gt_file)
+  if getattr(args, "crowdpose_ignore", None):
+    if d.dataset != "crowdpose":
+      raise ValueError(f"--crowdpose-ignore applies to CrowdPose, not to {d.dataset!r}")
+    cfg.test.crowdpose_ignore = args.crowdpose_ignore
   if args.ann_file:
     d.val_ann = os.path.abspath(args.ann_file)
-    # Extra ground truth then comes from beside the given file, as MMPose finds it.
+    # MPII's PCKh ground truth stays data.gt_mat_file (or --gt-file): never replaced silently.
     folder = os.path.dirname(d.val_ann)
-    if d.get("gt_mat_file"):
-      d.gt_mat_file = os.path.join(folder, "mpii_gt_val.mat")
     if d.get("val_gt_dir"):
       stem = os.path.splitext(os.path.basename(d.val_ann))[0].split("_")[-1]
       d.val_gt_dir = os.path.join(folder, stem)
@@ -106,22 +121,30 @@ def check_inputs(cfg, need_images: bool = True) -> None:
     wanted.append(("image folder (--img-dir / data.val_images)", data_path(cfg, "val_images")))
     if not cfg.data.use_gt_bbox and cfg.data.dataset not in ("mpii", "mpii_trb"):
       wanted.append(("detection file (--det-file / data.det_file)", data_path(cfg, "det_file")))
+  if cfg.data.dataset == "mpii" and cfg.data.get("gt_mat_file"):
+    wanted.append(("MPII PCKh ground truth (--gt-file / data.gt_mat_file)",
+                   data_path(cfg, "gt_mat_file")))
   for what, path in wanted:
     if not path.exists():
       raise FileNotFoundError(f"{what} not found: {path}")
 
 
 def evaluator_kwargs(cfg, eval_type: str) -> dict:
-  """Ground-truth files some metrics read besides the annotation json.
+  """Ground-truth files some metrics read besides the annotation json, and metric rules.
 
-  The configured path is used when it exists; otherwise the evaluator looks beside the
-  annotation file (which is what a user passing --ann-file means).
+  MPII: data.gt_mat_file (checked by check_inputs). PoseTrack18: the configured folder when it
+  exists; otherwise the evaluator looks beside the annotation file. CrowdPose: the ignore rule
+  of test.crowdpose_ignore.
   """
   kw = {}
-  for kind, field, arg in (("mpii", "gt_mat_file", "gt_file"),
-                           ("posetrack18", "val_gt_dir", "gt_folder")):
-    if eval_type == kind and cfg.data.get(field) and data_path(cfg, field).exists():
-      kw[arg] = str(data_path(cfg, field))
+  if eval_type == "mpii" and cfg.data.get("gt_mat_file"):
+    kw["gt_file"] = str(data_path(cfg, "gt_mat_file"))
+  if (eval_type == "posetrack18" and cfg.data.get("val_gt_dir")
+      and data_path(cfg, "val_gt_dir").exists()):
+    kw["gt_folder"] = str(data_path(cfg, "val_gt_dir"))
+  if eval_type == "crowdpose":
+    from sbpose_jax.evaluators import coco  # pylint: disable=import-outside-toplevel
+    kw["crowd_ignore"] = coco.crowd_ignore_rule(cfg.test.get("crowdpose_ignore", "2020"))
   return kw
 
 
@@ -209,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
-              decode=cfg.test.decode, dtype=str(cfg.model.dtype))
+              decode=cfg.test.decode, dtype=str(cfg.model.dtype),
+              **({"gt_file": str(data_path(cfg, "gt_mat_file"))} if eval_type == "mpii" and
+                 cfg.data.get("gt_mat_file") else {}),
+              **({"crowdpose_ignore": cfg.test.get("crowdpose_ignore", "2020")}
+                 if eval_type == "crowdpose" else {}))
   path = write_metrics(args.out_dir, metrics, info)
   print(evaluators.format_table({k: v for k, v in metrics.items()
                                  if not k.startswith("track/")}, eval_type))

@@ -9,10 +9,14 @@ so that crops are equal pixel for pixel and targets bit for bit:
   replays OpenCV's `getAffineTransform` (LU with partial pivoting) and equals it bit for bit;
   `affine_matrix` is the closed form (vectorised, for warps on the device);
 * horizontal flips of joints and centres (`flip_joints`, `flip_center_x`) and the flip folded
-  into the crop matrix (`fold_flip`), which saves mirroring the whole image (ecosystem-notes §1);
+  into the crop matrix (`fold_flip`: not pixel-exact under OpenCV 4, opt-in);
 * half-body boxes, the 2020 frozen centre shift, and heatmap → image (`transform_preds`).
 
 Image coordinates: pixels, x right, y down, pixel centres at integers. Sizes are (W, H).
+
+Precision follows the reference's arrays: centres and scales are float32 (COCO-style datasets)
+or float64 (the 2020 MPII centre and scale, the MPII-TRB scale), and the functions below compute
+in the precision they are given (`ref_float`), as the reference's numpy code did.
 """
 from __future__ import annotations
 
@@ -27,6 +31,12 @@ PIXEL_STD = 200.0
 # The network input is (x / 255 - mean) / std; inference.normalize does it on the device.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def ref_float(x) -> np.ndarray:
+  """A copy of `x` as float64 if it is float64, else as float32 (the reference's two cases)."""
+  a = np.array(x)
+  return a if a.dtype == np.float64 else a.astype(np.float32)
 
 
 def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25, *,
@@ -71,23 +81,27 @@ def frozen_center_shift(center, bbox_wh, rng: np.random.Generator, prob: float =
   centre of a training box with probability 0.3 by `0.4·(u − 0.5)·(w, h)` (u two U[0,1) draws,
   raw box w, h) at dataset construction, so the shift stayed frozen for all epochs. (From v0.26
   a pipeline step redraws it every sample with a different magnitude; we follow 2020.)
+  Draws as the reference, box by box: `rand() < prob`, and only then `rand(2)`.
 
   Args:
     center: (N, 2) or (2,) float32 box centres (before the aspect fix / scale, which the shift
       does not touch).
-    bbox_wh: (N, 2) or (2,) raw box width, height.
+    bbox_wh: (N, 2) or (2,) clean box width, height in float64, as the reference had them from
+      the json (a float32-rounded size moves some centres by one float32 step).
     rng: the generator to draw from (seeded by the pipeline).
     prob: probability of shifting a box.
     factor: the shift is `factor·(u − 0.5)` of the box size per axis.
   Returns:
-    the shifted centres, float32, same shape as `center`.
+    the shifted centres, float32 (`float32(c + shift)`, the reference's in-place add).
   """
   c = np.asarray(center, np.float32)
   c2 = np.atleast_2d(c)
   wh = np.broadcast_to(np.asarray(bbox_wh, np.float64).reshape(-1, 2), c2.shape)
-  apply = rng.random(c2.shape[0]) < prob
-  u = rng.random(c2.shape)
-  shift = np.where(apply[:, None], factor * (u - 0.5) * wh, 0.0)
+  shift = np.zeros(c2.shape, np.float64)
+  if prob > 0:
+    for i in range(len(c2)):
+      if rng.random() < prob:
+        shift[i] = factor * (rng.random(2) - 0.5) * wh[i]
   return (c2 + shift).astype(np.float32).reshape(c.shape)
 
 
@@ -98,13 +112,18 @@ def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def affine_source_points(center, scale, rot_deg: float, output_wh: Sequence[int]):
-  """The three point pairs of MM `get_affine_transform` (shift 0), float32 (3, 2) each."""
-  center = np.asarray(center, np.float32)
-  src_w = np.asarray(scale, np.float32)[0] * np.float32(PIXEL_STD)   # only scale[0] is used
+  """The three point pairs of MM `get_affine_transform` (shift 0), float32 (3, 2) each.
+
+  `center` and `scale` enter in their own precision (float64 stays float64: the 2020 MPII code)
+  and the points are rounded to float32 once, as the reference's `src` array does.
+  """
+  center = ref_float(center)
+  scale = ref_float(scale)
+  src_w = scale[0] * scale.dtype.type(PIXEL_STD)                     # only scale[0] is used
   dst_w, dst_h = float(output_wh[0]), float(output_wh[1])
   rot = np.pi * rot_deg / 180.0
   sn, cs = np.sin(rot), np.cos(rot)
-  half = float(src_w * np.float32(-0.5))
+  half = float(src_w * scale.dtype.type(-0.5))
   src_dir = np.array([-half * sn, half * cs])                          # R(θ)·(0, −src_w/2)
   src = np.zeros((3, 2), np.float32)
   src[0] = center
@@ -236,9 +255,11 @@ def flip_joints(joints_xy, joints_vis, flip_pairs, image_width: int):
 
 
 def flip_center_x(center, image_width: int) -> np.ndarray:
-  """`c_x' = W − c_x − 1` in float32, evaluated left to right as the reference does."""
-  c = np.array(center, np.float32)
-  c[..., 0] = (np.float32(image_width) - c[..., 0]) - np.float32(1)
+  """`c_x' = W − c_x − 1` in the centre's precision (`ref_float`), left to right as the
+  reference."""
+  c = ref_float(center)
+  one = c.dtype.type(1)
+  c[..., 0] = (c.dtype.type(image_width) - c[..., 0]) - one
   return c
 
 
@@ -250,9 +271,12 @@ def flip_matrix(image_width: int) -> np.ndarray:
 def fold_flip(matrix, image_width: int) -> np.ndarray:
   """Crop matrix of the *flipped* image → the same crop taken from the unflipped image.
 
-  `warpAffine(img[:, ::-1], M) ≈ warpAffine(img, M·F)`: mathematically equal; OpenCV's
-  fixed-point rounding (1/32 px, floor) makes ~0.01% of the uint8 values differ by 1
-  (tests/test_geometry.py). It saves the 1.2 ms copy of the mirrored image.
+  `warpAffine(img[:, ::-1], M) ≈ warpAffine(img, M·F)`: mathematically equal, but OpenCV 4's
+  fixed-point warp (1/32-px positions, 2^-15 weights) rounds the two differently: on the
+  fixture crops 0.34-0.99% of the uint8 values differ, by up to 8 levels (all: 0.75%; OpenCV 5,
+  in floating point: 0.006%, 1 level). It saves the copy of the mirrored image (0.4 ms for
+  256x192, 2 ms for 640x480), so it is opt-in (`data.flip_in_affine`); the default mirrors the
+  image as the reference does.
   """
   return np.asarray(matrix, np.float64) @ flip_matrix(image_width)
 

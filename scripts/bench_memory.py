@@ -51,7 +51,8 @@ def synthetic_records(n: int, num_images: int, k: int = 17, seed: int = 0) -> Re
       dataset="coco", image_root="data/coco/train2017",
       image_files=np.char.mod("%012d.jpg", rng.choice(10**6, num_images, replace=False)),
       image_ids=np.arange(num_images), image_wh=wh, image_index=image_index, bbox_xywh=box,
-      center_xy=box[:, :2] + box[:, 2:] / 2, scale_wh=box[:, 2:] / 200 * 1.25,
+      center_xy=(box[:, :2] + box[:, 2:] / 2).astype(np.float32),   # COCO's precision
+      scale_wh=(box[:, 2:] / 200 * 1.25).astype(np.float32),
       joints_xy=rng.uniform(0, 600, (n, k, 2)), joints_vis=rng.integers(0, 2, (n, k)),
       bbox_score=np.ones(n), area=box[:, 2] * box[:, 3] * 0.6, ann_ids=np.arange(n))
 

@@ -321,3 +321,82 @@ def test_no_detections_gives_zero_metrics(fixtures_dir, model_dir, tmp_path):
                           + coco_args(fixtures_dir, tmp_path))
   assert metrics["AP"] == 0 and metrics["AR"] == 0
   assert json.loads((tmp_path / "keypoints.json").read_text()) == []
+
+
+# ------------------------------------------------------------- metric rules on the command line
+
+def test_crowdpose_ignore_flag(fixtures_dir, tmp_path, capsys):
+  """--crowdpose-ignore current = xtcocotools 1.14.3's rule; 2020 (default) = the published."""
+  from sbpose_jax.evaluators import coco
+  gt = json.loads((fixtures_dir / "crowdpose" / "test_crowdpose.json").read_text())
+  for a in gt["annotations"][::2]:          # all joints occluded: num_keypoints (v = 2) is 0
+    a["keypoints"] = [1 if i % 3 == 2 and v > 0 else v for i, v in enumerate(a["keypoints"])]
+    a["num_keypoints"] = 0
+  ann = tmp_path / "crowd.json"
+  ann.write_text(json.dumps(gt))
+  rng = np.random.default_rng(3)
+  res = [{"image_id": a["image_id"], "category_id": 1, "score": float(rng.uniform(0.2, 1)),
+          "keypoints": (np.asarray(a["keypoints"], float).reshape(-1, 3)
+                        + [*rng.normal(0, 4, 2), 0.5]).ravel().tolist()}
+         for a in gt["annotations"]]
+  path = tmp_path / "res.json"
+  path.write_text(json.dumps(res))
+  args = ["--config", "crowdpose_res50", "--ann-file", str(ann), "--results", str(path),
+          "--quiet"]
+  default = evaluate.main(args + ["--out-dir", str(tmp_path / "a")])
+  old = evaluate.main(args + ["--out-dir", str(tmp_path / "b"), "--crowdpose-ignore", "2020"])
+  new = evaluate.main(args + ["--out-dir", str(tmp_path / "c"), "--crowdpose-ignore", "current"])
+  ref = coco.score_keypoints(gt, res, keypoints.CROWDPOSE.sigmas, crowd=True, use_area=False,
+                             backend="xtcocotools", crowd_ignore="num_keypoints",
+                             gt_path=str(ann))
+  assert default == old and new == pytest.approx(ref, abs=1e-12) and new != old
+  info = json.loads((tmp_path / "c" / "metrics.json").read_text())
+  assert info["crowdpose_ignore"] == "current"
+  with pytest.raises(SystemExit):
+    evaluate.main(coco_args(fixtures_dir, tmp_path / "d", "--results", str(path),
+                            "--crowdpose-ignore", "current"))
+  assert "--crowdpose-ignore applies to CrowdPose" in capsys.readouterr().err
+
+
+def test_mpii_gt_file_flag_and_no_silent_replacement(fixtures_dir, tmp_path, capsys):
+  """--gt-file takes the .mat or the JSON head-box form; --ann-file never swaps the GT file."""
+  import scipy.io
+  anns = json.loads((fixtures_dir / "mpii" / "test_mpii.json").read_text())
+  joints = np.asarray([a["joints"] for a in anns], np.float64)
+  boxes = np.stack([joints[:, 9] - 20, joints[:, 9] + 20], 1)           # (N, 2 corners, 2)
+  names = np.empty((1, 16), object)
+  names[0] = ["rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck", "head",
+              "rwri", "relb", "rsho", "lsho", "lelb", "lwri"]
+  vis = np.asarray([a["joints_vis"] for a in anns], np.float64)
+  mat = tmp_path / "gt" / "my_gt.mat"
+  mat.parent.mkdir()
+  scipy.io.savemat(mat, {"pos_gt_src": joints.transpose(1, 2, 0), "jnt_missing": (1 - vis).T,
+                         "headboxes_src": boxes.transpose(1, 2, 0), "dataset_joints": names})
+  gt_json = tmp_path / "gt" / "my_gt.json"
+  gt_json.write_text(json.dumps([dict(a, headbox=b.ravel().tolist())
+                                 for a, b in zip(anns, boxes)]))
+  preds = joints + np.random.default_rng(1).normal(0, 6, joints.shape)
+  res = tmp_path / "pred.mat"
+  scipy.io.savemat(res, {"preds": preds})
+  # A decoy beside the annotation file: the old code silently switched to it.
+  ann_dir = tmp_path / "ann"
+  ann_dir.mkdir()
+  (ann_dir / "test_mpii.json").write_text(json.dumps(anns))
+  scipy.io.savemat(ann_dir / "mpii_gt_val.mat", {
+      "pos_gt_src": (joints + 50).transpose(1, 2, 0), "jnt_missing": (1 - vis).T,
+      "headboxes_src": boxes.transpose(1, 2, 0), "dataset_joints": names})
+  args = ["--config", "mpii_res50", "--ann-file", str(ann_dir / "test_mpii.json"),
+          "--results", str(res), "--quiet"]
+  by_mat = evaluate.main(args + ["--out-dir", str(tmp_path / "a"), "--gt-file", str(mat)])
+  by_json = evaluate.main(args + ["--out-dir", str(tmp_path / "b"), "--gt-file", str(gt_json)])
+  assert by_mat == pytest.approx(by_json, abs=1e-12) and 0 < by_mat["Mean"] < 1
+  assert json.loads((tmp_path / "b" / "metrics.json").read_text())["gt_file"] == str(gt_json)
+  with pytest.raises(SystemExit):   # the configured data.gt_mat_file is absent: said, not swapped
+    evaluate.main(args + ["--out-dir", str(tmp_path / "c")])
+  err = capsys.readouterr().err
+  assert "--gt-file / data.gt_mat_file" in err and "mpii_gt_val.mat" in err
+  assert str(ann_dir) not in err
+  with pytest.raises(SystemExit):
+    evaluate.main(coco_args(fixtures_dir, tmp_path / "d", "--results", str(res), "--gt-file",
+                            str(mat)))
+  assert "--gt-file is MPII's" in capsys.readouterr().err

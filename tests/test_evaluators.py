@@ -214,12 +214,33 @@ def test_bad_results_file_gives_clear_error(fixtures_dir, tmp_path, problem, mat
 
 
 @pytest.mark.parametrize("eval_type", sorted(COCO_STYLE))
-def test_no_detections_scores_zero(fixtures_dir, tmp_path, eval_type):
+def test_no_detections_score_as_the_libraries(fixtures_dir, tmp_path, eval_type):
+  """No results: 0 where there is ground truth, -1 where an area range or a CrowdPose subset
+  has none, as xtcocotools (called directly on an empty list) reports."""
   ann = str(fixtures_dir / COCO_STYLE[eval_type])
   records = readers.read(eval_type, ann, fixtures_dir)
-  metrics = EVALUATORS[eval_type](records, None, ann_file=ann).compute(str(tmp_path))
-  assert metrics and all(v == 0.0 for v in metrics.values())
+  rule = {"crowd_ignore": "current"} if eval_type == "crowdpose" else {}   # = xtcocotools 1.14
+  metrics = EVALUATORS[eval_type](records, None, ann_file=ann, **rule).compute(str(tmp_path))
   assert json.load(open(tmp_path / "keypoints.json")) == []
+  setting = coco.SETTINGS[eval_type]
+  sig = np.asarray(setting.sigmas)
+  if eval_type == "coco_wholebody":
+    parts = {**{p: (t, sig[slice(*kp.WHOLEBODY_PARTS[p])]) for p, (t, _) in
+                coco.WHOLEBODY_PARTS.items()}, "whole": ("keypoints_wholebody", sig)}
+    for part, (iou_type, s) in parts.items():
+      ref = _xtcocotools(ann, [], s, iou_type, True)
+      assert [metrics[f"{part}_{k}"] for k in coco.KP_STATS] == list(ref)
+  else:
+    crowd = setting.kind == "keypoints_crowd"
+    ref = _xtcocotools(ann, [], sig, setting.kind, setting.use_area)
+    assert [metrics[k] for k in (coco.CROWD_STATS if crowd else coco.KP_STATS)] == list(ref)
+    for backend in ("pycocotools",) if not crowd else ():   # loadRes cannot read []
+      again = coco.score_results(eval_type, json.load(open(ann)), [], gt_path=ann,
+                                 backend=backend)
+      assert [again[k] for k in coco.KP_STATS] == list(ref)
+  assert set(metrics.values()) <= {0.0, -1.0}
+  if eval_type in ("aic", "crowdpose", "coco_wholebody"):   # ranges / subsets without GT
+    assert -1.0 in metrics.values()
 
 
 # ------------------------------------------------------------------------------------- MPII
@@ -508,3 +529,99 @@ def test_format_table_posetrack_in_percent_even_below_one():
   metrics["Wri"] = 0.714
   row = format_table(metrics, "posetrack18").splitlines()[1]
   assert "0.7" in row and "0.714" not in row and "81.0" in row
+
+
+# -------------------------------------------------------------- metric rules and results files
+
+def test_crowdpose_ignore_rules_2020_and_current(fixtures_dir, tmp_path):
+  """'current' equals xtcocotools 1.14.3 on people whose labelled joints are all occluded
+  (num_keypoints counts v = 2 only); '2020' scores them, as the published numbers did."""
+  gt = json.load(open(fixtures_dir / COCO_STYLE["crowdpose"]))
+  occluded = 0
+  for a in gt["annotations"][::2]:            # every other person: all joints occluded (v = 1)
+    k = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
+    if (k[:, 2] > 0).any():
+      k[:, 2] = np.where(k[:, 2] > 0, 1, 0)
+      a["keypoints"], a["num_keypoints"] = k.ravel().tolist(), 0
+      occluded += 1
+  assert occluded > 0
+  ann = tmp_path / "crowd.json"
+  ann.write_text(json.dumps(gt))
+  res = tmp_path / "res.json"
+  res.write_text(json.dumps(_gt_results(gt, np.random.default_rng(9), noise=5.0)))
+  ref = _xtcocotools(str(ann), json.loads(res.read_text()), kp.CROWDPOSE.sigmas,
+                     "keypoints_crowd", False)
+  current = score_results_file("crowdpose", str(ann), str(res), crowd_ignore="current")
+  assert [current[k] for k in coco.CROWD_STATS] == pytest.approx(list(ref), abs=1e-12)
+  old = score_results_file("crowdpose", str(ann), str(res), crowd_ignore="2020")
+  assert old == score_results_file("crowdpose", str(ann), str(res))      # the default
+  assert old["AP"] != pytest.approx(current["AP"], abs=1e-3)
+  with pytest.raises(ValueError, match="2020.*current"):
+    score_results_file("crowdpose", str(ann), str(res), crowd_ignore="2021")
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("no_score", r"entry 0 \(image \d+\) lacks \['score'\]"),
+    ("string_keypoints", r"entry 0 \(image \d+\) 'keypoints' must hold numbers only"),
+    ("string_score", r"entry 0 \(image \d+\) 'score' must hold numbers only"),
+    ("keypoints_str", r"entry 0 \(image \d+\) 'keypoints' must be a list")])
+def test_malformed_results_entry_is_one_clear_error(fixtures_dir, tmp_path, problem, match):
+  ann = str(fixtures_dir / COCO_STYLE["coco"])
+  results = _gt_results(json.load(open(ann)))
+  if problem == "no_score":
+    del results[0]["score"]
+  elif problem == "string_keypoints":
+    results[0]["keypoints"] = [str(v) for v in results[0]["keypoints"]]
+  elif problem == "string_score":
+    results[0]["score"] = "0.9"
+  else:
+    results[0]["keypoints"] = " ".join(map(str, results[0]["keypoints"]))
+  res = tmp_path / "bad.json"
+  res.write_text(json.dumps(results))
+  with pytest.raises(ValueError, match=match) as err:
+    score_results_file("coco", ann, str(res))
+  assert "bad.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mpii_and_trb_keep_the_first_of_duplicated_entries(fixtures_dir, tmp_path):
+  """MMPose keeps the first prediction of an instance listed twice; so do we."""
+  mat = _mpii_gt_mat(fixtures_dir, tmp_path)[0]
+  ann = str(fixtures_dir / "mpii/test_mpii.json")
+  anns = json.load(open(ann))
+  good = [{"index": i, "keypoints": (np.c_[np.asarray(a["joints"]) - 1, np.ones(16)])
+           .ravel().tolist()} for i, a in enumerate(anns)]
+  bad = dict(good[0], keypoints=[0.0] * 48)
+  res = tmp_path / "mpii.json"
+  res.write_text(json.dumps(good + [bad]))
+  assert score_results_file("mpii", ann, str(res), gt_file=mat)["Mean"] == 1.0
+  res.write_text(json.dumps([bad] + good))
+  assert score_results_file("mpii", ann, str(res), gt_file=mat)["Mean"] < 1.0
+  res.write_text(json.dumps([dict(good[0], keypoints=["1"] * 48)]))
+  with pytest.raises(ValueError, match="entry 0 'keypoints' must hold numbers"):
+    score_results_file("mpii", ann, str(res), gt_file=mat)
+  trb, gt = _trb_with_headboxes(fixtures_dir, tmp_path)
+  good = [{"ann_id": a["id"], "keypoints": a["keypoints"]} for a in gt["annotations"]
+          if max(a["keypoints"]) > 0]
+  bad = dict(good[0], keypoints=[0.0] * 120)
+  res = tmp_path / "trb_results.json"
+  res.write_text(json.dumps(good + [bad]))
+  assert score_results_file("mpii_trb", trb, str(res))["Mean_Acc"] == 1.0
+  res.write_text(json.dumps([bad] + good))
+  assert score_results_file("mpii_trb", trb, str(res))["Mean_Acc"] < 1.0
+
+
+def test_mpii_ground_truth_in_json_head_box_form(fixtures_dir, tmp_path):
+  """The JSON form (MMPose's MPII entries plus 'headbox') scores as the .mat it mirrors."""
+  mat, joints, vis, boxes = _mpii_gt_mat(fixtures_dir, tmp_path)
+  anns = json.load(open(fixtures_dir / "mpii/test_mpii.json"))
+  for a, box in zip(anns, boxes):
+    a["headbox"] = box.ravel().tolist()
+  gt_json = tmp_path / "mpii_gt_val.json"
+  gt_json.write_text(json.dumps(anns))
+  preds = joints + np.random.default_rng(2).normal(0, 25, joints.shape)
+  scipy.io.savemat(tmp_path / "pred.mat", {"preds": preds})
+  ann = str(fixtures_dir / "mpii/test_mpii.json")
+  from_mat = score_results_file("mpii", ann, str(tmp_path / "pred.mat"), gt_file=mat)
+  from_json = score_results_file("mpii", ann, str(tmp_path / "pred.mat"), gt_file=str(gt_json))
+  assert from_json == pytest.approx(from_mat, abs=1e-12)
+  assert 0 < from_mat["Mean"] < 1

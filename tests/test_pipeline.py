@@ -1,5 +1,6 @@
 """grain pipelines: determinism, resume, sharding, evaluation order/padding, bad images."""
 import dataclasses
+import json
 import pathlib
 import shutil
 
@@ -222,3 +223,157 @@ def test_browse_dataset_writes_png(tmp_path):
   for name in ("demo_train.png", "demo_val.png"):
     img = cv2.imread(str(tmp_path / "out" / name))
     assert img is not None and img.shape[0] > 100 and img.std() > 10
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the 2020 reference (MMPose ~v0.8, which trained the published checkpoints) with the
+# same draws: one generator, consumed in the reference's order, feeds both sides.
+
+class _CountingRng:
+  """A generator that logs which draws are made, to compare the streams draw for draw."""
+
+  def __init__(self, seed):
+    self.g, self.calls = np.random.default_rng(seed), []
+
+  def random(self, *size):
+    self.calls.append(("rand", size))
+    return self.g.random(*size)
+
+  def standard_normal(self, *size):
+    self.calls.append(("randn", size))
+    return self.g.standard_normal(*size)
+
+
+def test_frozen_shift_is_the_2020_readers_with_float64_boxes(fixtures_dir):
+  """MMPose v0.8 `_xywh2cs` in train mode: per box `rand() < 0.3`, then `rand(2)`, on the clean
+  box's Python floats; the shifted centre is `float32(c + 0.4·(u − 0.5)·(w, h))`."""
+  from test_readers import _ref_coco_gt  # the transcription of the 2020 reader
+  cfg = config_lib.load("coco_res50", ["--config.data.num_workers=0"])
+  float32_box_differs = 0
+  for folder, name, dataset in (("coco", "test_coco.json", "coco"),
+                                ("crowdpose", "test_crowdpose.json", "crowdpose"),
+                                ("aic", "test_aic.json", "aic"),
+                                ("ochuman", "test_ochuman.json", "ochuman")):
+    ann = fixtures_dir / folder / name
+    rec = readers.read(dataset, ann, fixtures_dir / folder, input_size=(192, 256))
+    ref = _ref_coco_gt(ann, dataset)
+    assert len(rec) == len(ref) > 0
+    for seed in range(40):
+      got = pipeline.shifted_records(rec, cfg, seed).center_xy
+      rng = _CountingRng(seed)
+      for i, r in enumerate(ref):
+        x, y, w, h = r["box"]
+        center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
+        if rng.random() < 0.3:
+          center += 0.4 * (rng.random(2) - 0.5) * [w, h]
+        np.testing.assert_array_equal(got[i], center)
+      # The same draws on a float32-rounded box size (the previous code) move some centres.
+      rounded = geometry.frozen_center_shift(rec.center_xy, rec.bbox_xywh[:, 2:].astype(
+          np.float32), np.random.default_rng(seed))
+      float32_box_differs += int(np.any(rounded != got, axis=1).sum())
+  assert float32_box_differs > 0
+
+
+def _mm2020_affine(center, scale, rot, output_size):
+  """MMPose v0.8 `get_affine_transform`: arithmetic in the inputs' precision, float32 points."""
+  scale_tmp = scale * 200.0
+  src_w = scale_tmp[0]
+  rot_rad = np.pi * rot / 180
+  sn, cs = np.sin(rot_rad), np.cos(rot_rad)
+  pt = [0., src_w * -0.5]
+  src_dir = np.array([pt[0] * cs - pt[1] * sn, pt[0] * sn + pt[1] * cs])
+  dst_dir = np.array([0., output_size[0] * -0.5])
+
+  def third(a, b):
+    d = a - b
+    return b + np.array([-d[1], d[0]], dtype=np.float32)
+  src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
+  src[0, :] = center
+  src[1, :] = center + src_dir
+  src[2, :] = third(src[0, :], src[1, :])
+  dst[0, :] = [output_size[0] * 0.5, output_size[1] * 0.5]
+  dst[1, :] = np.array([output_size[0] * 0.5, output_size[1] * 0.5]) + dst_dir
+  dst[2, :] = third(dst[0, :], dst[1, :])
+  return cv2.getAffineTransform(np.float32(src), np.float32(dst))
+
+
+def _mm2020_mpii_sample(img, a, flip_pairs, rng):
+  """MMPose v0.8 MPII: `_get_db` (np.float centre/scale), then RandomFlip → ScaleRotation(40,
+  0.5, 0.6) → Affine, with the image mirrored for real. No half-body step exists."""
+  center = np.array(a["center"], dtype=np.float64)
+  scale = np.array([a["scale"], a["scale"]], dtype=np.float64)
+  if center[0] != -1:
+    center[1] = center[1] + 15 * scale[1]
+    scale = scale * 1.25
+  center = center - 1
+  joints = np.zeros((16, 3), np.float32)
+  joints[:, :2] = np.array(a["joints"])[:, :2] - 1
+  vis = np.zeros((16, 3), np.float32)
+  vis[:, :2] = np.array(a["joints_vis"])[:, None]
+  if rng.random() <= 0.5:
+    img = img[:, ::-1, :]
+    flipped, flipped_vis = joints.copy(), vis.copy()
+    for left, right in flip_pairs:
+      flipped[left], flipped[right] = joints[right], joints[left]
+      flipped_vis[left], flipped_vis[right] = vis[right], vis[left]
+    flipped[:, 0] = img.shape[1] - 1 - flipped[:, 0]
+    joints, vis = flipped * flipped_vis, flipped_vis
+    center[0] = img.shape[1] - center[0] - 1
+  s_factor = np.clip(rng.standard_normal() * 0.5 + 1, 0.5, 1.5)
+  scale = scale * s_factor
+  r_factor = np.clip(rng.standard_normal() * 40, -80, 80)
+  rot = r_factor if rng.random() <= 0.6 else 0
+  trans = _mm2020_affine(center, scale, rot, (256, 256))
+  crop = cv2.warpAffine(img, trans, (256, 256), flags=cv2.INTER_LINEAR)
+  for i in range(16):
+    if vis[i, 0] > 0.0:
+      joints[i, 0:2] = trans @ np.array([joints[i, 0], joints[i, 1], 1.])
+  return crop, joints[:, :2], vis[:, 0]
+
+
+def test_mpii_training_samples_are_the_2020_references(fixtures_dir):
+  """MPII crops, joints and targets bit-equal to the 2020 code given the same draws, and the
+  same draws in number and order (the half-body step of probability 0 draws nothing)."""
+  from sbpose_jax import heatmaps, keypoints
+  ann = fixtures_dir / "mpii" / "test_mpii.json"
+  data = json.loads(ann.read_text())
+  rec = readers.read_mpii(ann, fixtures_dir / "mpii")
+  cfg = config_lib.load("mpii_res50", ["--config.data.num_workers=0"])
+  info = keypoints.get("mpii")
+  loader = pipeline.ImageLoader(rec)
+  steps = pipeline.augmentations(cfg, info) + pipeline.crop_and_target(cfg)
+  as_float32 = dataclasses.replace(rec, center_xy=rec.center_xy.astype(np.float32),
+                                   scale_wh=rec.scale_wh.astype(np.float32))
+  float32_differs = 0
+  for seed in range(8):
+    for i, a in enumerate(data):
+      el = loader.map(i)
+      ref_rng, rng = _CountingRng((seed, i)), _CountingRng((seed, i))
+      ref_crop, ref_joints, ref_vis = _mm2020_mpii_sample(el["image"], a, info.flip_pairs,
+                                                          ref_rng)
+      out = dict(el)
+      for t in steps:
+        out = t.random_map(out, rng) if hasattr(t, "random_map") else t.map(out)
+      assert rng.calls == ref_rng.calls
+      np.testing.assert_array_equal(out["image"], ref_crop)
+      ref_t, ref_w = heatmaps.encode(ref_joints, ref_vis, (64, 64), 2.0, 4.0)
+      np.testing.assert_array_equal(out["target"], ref_t)
+      np.testing.assert_array_equal(out["target_weight"], ref_w)
+      # The same draws from float32 centre/scale (the previous records) move crop pixels.
+      low = dict(pipeline.ImageLoader(as_float32).map(i))
+      low_rng = _CountingRng((seed, i))
+      for t in steps:
+        low = t.random_map(low, low_rng) if hasattr(t, "random_map") else t.map(low)
+      float32_differs += int(not np.array_equal(low["image"], ref_crop))
+  assert float32_differs > 0
+  # Evaluation crops: the 2020 test pipeline warps with the float64 centre and scale as well.
+  crops = pipeline.EvalBatchLoader(rec, (256, 256)).map((np.arange(len(rec)), np.ones(
+      len(rec), bool)))
+  for i, a in enumerate(data):
+    c = np.array(a["center"], dtype=np.float64)
+    s = np.array([a["scale"], a["scale"]], dtype=np.float64)
+    c[1], s = c[1] + 15 * s[1], s * 1.25
+    image = loader.map(i)["image"]
+    ref = cv2.warpAffine(image, _mm2020_affine(c - 1, s, 0, (256, 256)), (256, 256),
+                         flags=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(crops[i]["image"], ref)

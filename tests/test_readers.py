@@ -64,7 +64,8 @@ def _check(rec, ref, *, score=1.0):
     assert rec.image_files[rec.image_index[i]] == r["file"]
     assert rec.image_ids[rec.image_index[i]] == r["image_id"]
     assert rec.ann_ids[i] == r["ann_id"]
-    np.testing.assert_array_equal(rec.bbox_xywh[i], np.float32(r["box"]))
+    # float64: the clean box as the reference's Python floats (the frozen shift scales it).
+    np.testing.assert_array_equal(rec.bbox_xywh[i], np.float64(r["box"]))
     np.testing.assert_array_equal(rec.center_xy[i], r["center"])
     np.testing.assert_array_equal(rec.scale_wh[i], r["scale"])
     np.testing.assert_array_equal(rec.joints_xy[i], np.float32(r["joints"]))
@@ -131,7 +132,7 @@ def test_detection_boxes_match_json(fixtures_dir, dataset, ann, det, thr):
   assert thr == 0 or len(dets) < len(all_dets)   # the threshold really filters
   for i, d in enumerate(dets):
     assert rec.image_ids[rec.image_index[i]] == d["image_id"]
-    np.testing.assert_array_equal(rec.bbox_xywh[i], np.float32(d["bbox"]))   # as is
+    np.testing.assert_array_equal(rec.bbox_xywh[i], np.float64(d["bbox"]))   # as is
     center, scale = _cs(*d["bbox"], (192, 256))
     np.testing.assert_array_equal(rec.center_xy[i], center)
     np.testing.assert_array_equal(rec.scale_wh[i], scale)
@@ -168,11 +169,16 @@ def test_mpii_matches_json(fixtures_dir):
   rec = readers.read_mpii(path, fixtures_dir / "mpii")
   data = json.loads(path.read_text())
   assert len(rec) == len(data) == 5
+  # The 2020 reader (MMPose v0.8 `_get_db`) kept centre and scale as np.float (float64).
+  assert rec.center_xy.dtype == rec.scale_wh.dtype == np.float64
   for i, a in enumerate(data):   # json order: PCKh pairs predictions with GT by row
-    c, s = np.array(a["center"], np.float64), a["scale"]
-    c[1] += 15 * s
-    np.testing.assert_allclose(rec.center_xy[i], c - 1, rtol=1e-6)
-    np.testing.assert_allclose(rec.scale_wh[i], [s * 1.25] * 2, rtol=1e-6)
+    c = np.array(a["center"], dtype=np.float64)
+    s = np.array([a["scale"], a["scale"]], dtype=np.float64)
+    if c[0] != -1:
+      c[1] = c[1] + 15 * s[1]
+      s = s * 1.25
+    np.testing.assert_array_equal(rec.center_xy[i], c - 1)
+    np.testing.assert_array_equal(rec.scale_wh[i], s)
     np.testing.assert_allclose(rec.joints_xy[i], np.array(a["joints"]) - 1, rtol=1e-6)
     np.testing.assert_array_equal(rec.joints_vis[i], a["joints_vis"])
     assert rec.image_files[rec.image_index[i]] == a["image"]
@@ -207,13 +213,14 @@ def test_mpii_trb_matches_json(fixtures_dir):
   names = {im["id"]: im["file_name"] for im in data["images"]}
   anns = sorted((a for a in data["annotations"] if max(a["keypoints"]) > 0), key=lambda a: a["id"])
   assert len(rec) == len(anns) == 5
+  assert rec.center_xy.dtype == np.float32 and rec.scale_wh.dtype == np.float64
   for i, a in enumerate(anns):
     pts = np.array(a["keypoints"]).reshape(40, 3)
     assert rec.ann_ids[i] == a["id"]
     assert rec.image_files[rec.image_index[i]] == names[a["image_id"]]
     np.testing.assert_array_equal(rec.center_xy[i], np.float32(a["center"]))   # no -1, no +15
-    # No 1.25 padding for TRB.
-    np.testing.assert_allclose(rec.scale_wh[i], [256 / a["scale"] / 200] * 2, rtol=1e-6)
+    # No 1.25 padding for TRB; float64 as the 2020 reader (image_size / scale / 200.0).
+    np.testing.assert_array_equal(rec.scale_wh[i], np.array([256, 256]) / a["scale"] / 200.0)
     np.testing.assert_array_equal(rec.joints_xy[i], np.float32(pts[:, :2]))
     np.testing.assert_array_equal(rec.joints_vis[i], np.minimum(pts[:, 2], 1))
   assert np.isnan(rec.extra["headbox"]).all()   # this sample carries no head boxes

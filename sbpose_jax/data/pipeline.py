@@ -181,7 +181,10 @@ def _read_options(num_threads: int) -> grain.ReadOptions:
 
 
 def shifted_records(records: Records, config, seed: int) -> Records:
-  """Applies the 2020 centre shift, drawn once from `seed` (geometry.frozen_center_shift)."""
+  """Applies the 2020 centre shift, drawn once from `seed` (geometry.frozen_center_shift).
+
+  The box size is `bbox_xywh`, the clean box in float64 as the 2020 reader had it.
+  """
   if config.data.shift_prob <= 0:
     return records
   rng = np.random.default_rng(seed)
@@ -193,10 +196,13 @@ def shifted_records(records: Records, config, seed: int) -> Records:
 def augmentations(config, info: keypoints.KeypointInfo) -> list:
   """The random training transforms of reference-conventions §3 (after the decode), in order."""
   d = config.data
-  return [transforms.RandomFlip(info.flip_pairs, d.flip_prob),
-          transforms.HalfBody(info.upper_body_ids, d.input_size, info.num_joints_half_body,
-                              d.half_body_prob, d.half_body_padding),
-          transforms.RandomScaleRotation(d.scale_factor, d.rot_factor, d.rot_prob)]
+  steps = [transforms.RandomFlip(info.flip_pairs, d.flip_prob,
+                                 fold_into_affine=d.flip_in_affine)]
+  if d.half_body_prob > 0:   # MPII's pipeline has no half-body step, and draws nothing for it
+    steps.append(transforms.HalfBody(info.upper_body_ids, d.input_size,
+                                     info.num_joints_half_body, d.half_body_prob,
+                                     d.half_body_padding))
+  return steps + [transforms.RandomScaleRotation(d.scale_factor, d.rot_factor, d.rot_prob)]
 
 
 def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = ()) -> list:

@@ -19,9 +19,9 @@ Fields (the contract in docs/design.md):
 | image_ids | (I,) int64 | dataset image ids |
 | image_wh | (I, 2) int32 | width, height from the annotation file (0 if unknown) |
 | image_index | (N,) int32 | row of the image tables for each instance |
-| bbox_xywh | (N, 4) float32 | sanitised GT box or detector box as is; zeros for MPII/TRB |
-| center_xy | (N, 2) float32 | crop centre, image pixels |
-| scale_wh | (N, 2) float32 | crop size / 200 px, aspect-fixed and padded |
+| bbox_xywh | (N, 4) float64 | sanitised GT box or detector box as is; zeros for MPII/TRB |
+| center_xy | (N, 2) float32* | crop centre, image pixels |
+| scale_wh | (N, 2) float32* | crop size / 200 px, aspect-fixed and padded |
 | joints_xy | (N, K, 2) float32 | joints in image pixels (0-based; MPII already -1) |
 | joints_vis | (N, K) float32 | 0/1 target weight (all 0 for detector boxes: no GT joints) |
 | bbox_score | (N,) float32 | detector score, 1 for GT boxes |
@@ -32,6 +32,11 @@ Fields (the contract in docs/design.md):
 | extra | dict of (N, ...) | dataset-specific, below |
 | image_extra | dict of (I, ...) | dataset-specific per-image data, below (an extension of the |
 |   |   | design's contract: empty unless listed) |
+
+Precision is the reference's (2020 MMPose readers), because crops depend on it: `bbox_xywh` is
+float64 (the clean box the frozen centre shift scales, from the json's floats); * centre and
+scale are float32, except where the 2020 code kept float64 (MPII centre and scale, MPII-TRB
+scale): a float64 array given for them stays float64, anything else becomes float32.
 
 `extra` keys:
   * `headbox` (N, 4) float32, x1 y1 x2 y2. MPII-TRB: the json's `headbox` (NaN where absent);
@@ -62,11 +67,13 @@ from sbpose_jax import keypoints
 _IMAGE_FIELDS = {"image_files": (None, ()), "image_ids": (np.int64, ()),
                  "image_wh": (np.int32, (2,))}
 _INSTANCE_FIELDS = {
-    "image_index": (np.int32, ()), "bbox_xywh": (np.float32, (4,)),
+    "image_index": (np.int32, ()), "bbox_xywh": (np.float64, (4,)),
     "center_xy": (np.float32, (2,)), "scale_wh": (np.float32, (2,)),
     "joints_xy": (np.float32, ("K", 2)), "joints_vis": (np.float32, ("K",)),
     "bbox_score": (np.float32, ()), "area": (np.float32, ()), "ann_ids": (np.int64, ())}
 _ARRAY_FIELDS = {**_IMAGE_FIELDS, **_INSTANCE_FIELDS}
+# float32 unless given as float64 (the reference's precision, see the module docstring).
+_FLOAT32_OR_64 = ("center_xy", "scale_wh")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,6 +108,8 @@ class Records:
         if arr.dtype.kind != "U":
           arr = arr.astype(str)
       else:
+        if name in _FLOAT32_OR_64 and np.asanyarray(value).dtype == np.float64:
+          dtype = np.float64
         arr = np.asanyarray(value, dtype=dtype)  # keeps np.memmap (see load)
       object.__setattr__(self, name, arr)
     n, i = len(self.image_index), len(self.image_files)

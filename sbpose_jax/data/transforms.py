@@ -3,7 +3,8 @@
 They follow MMPose 0.x's pipeline (reference-conventions §3): `RandomFlip → HalfBody →
 RandomScaleRotation → TopDownAffine → GenerateTarget`; the maths lives in `geometry` and
 `heatmaps`. Randomness comes only from the `rng` grain passes to `random_map`, drawn in the
-reference's order (so one seed gives one augmentation, but not MMPose's global-RNG stream).
+reference's order and number (a step that cannot fire draws nothing), so one seed gives one
+augmentation, and a generator fed the reference's draws gives the reference's crops.
 
 An element is a dict describing one person instance; each transform returns a new dict and
 never writes into the arrays it received (they may be views of shared `Records` arrays):
@@ -17,7 +18,8 @@ never writes into the arrays it received (they may be views of shared `Records` 
   joints_vis   (K,) float32 0/1
   flipped      bool, the instance was mirrored
   flip_pending bool, the image itself is not mirrored yet: `TopDownAffine` folds the mirror
-               into its matrix instead of copying the flipped image (ecosystem-notes §1: 1.2 ms)
+               into its matrix instead of copying the flipped image (opt-in, not pixel-exact:
+               see geometry.fold_flip)
 
 Other keys (bbox_score, index, ...) pass through untouched. Normalisation is not done here:
 images stay uint8 and `inference.normalize` runs on the device.
@@ -47,16 +49,16 @@ class RandomFlip(grain.transforms.RandomMap):
 
   Draws `rand() <= prob`. Swaps the joint and visibility rows of every flip pair, maps
   `x' = W − 1 − x` (invisible joints become 0) and `c_x' = W − 1 − c_x`.
-  With `fold_into_affine` (default) the image is not copied: `flip_pending` tells
-  `TopDownAffine` to sample the mirror (equal to flipping first within 1 uint8 level on ~0.01%
-  of values, see geometry.fold_flip); otherwise the image is mirrored here, as the reference.
+  By default the image is mirrored here, as the reference does. With `fold_into_affine` it is
+  not copied: `flip_pending` tells `TopDownAffine` to sample the mirror, which under OpenCV 4
+  changes ~0.75% of the crop's uint8 values by up to 8 levels (geometry.fold_flip).
 
   Reads image (width), joints, joints_vis, center; writes joints, joints_vis, center, flipped,
   flip_pending (and image when not folding).
   """
 
   def __init__(self, flip_pairs: Sequence[tuple[int, int]], prob: float = 0.5,
-               fold_into_affine: bool = True):
+               fold_into_affine: bool = False):
     self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
     self.prob = float(prob)
     self.fold_into_affine = bool(fold_into_affine)
@@ -85,7 +87,8 @@ class HalfBody(grain.transforms.RandomMap):
 
   Applies iff `Σ vis > num_joints_half_body` (strictly) and then `rand() < prob`; the upper
   half is preferred iff `randn() < 0.5` (standard normal, P≈0.69). The new box is the extent of
-  the selected joints, aspect-fixed, ×1.5 (see geometry.half_body_center_scale).
+  the selected joints, aspect-fixed, ×1.5 (see geometry.half_body_center_scale). With
+  `prob <= 0` it draws nothing (the reference's MPII pipeline has no such step).
 
   Reads joints, joints_vis, center, scale; writes center, scale.
   """
@@ -100,6 +103,8 @@ class HalfBody(grain.transforms.RandomMap):
 
   def random_map(self, element: Element, rng: np.random.Generator) -> Element:
     _require(element, ("joints", "joints_vis", "center", "scale"), "HalfBody")
+    if self.prob <= 0:
+      return element
     if not (np.sum(element["joints_vis"]) > self.num_joints_half_body
             and rng.random() < self.prob):
       return element
@@ -133,8 +138,10 @@ class RandomScaleRotation(grain.transforms.RandomMap):
     s_factor = np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
     r_factor = np.clip(rng.standard_normal() * rf, -rf * 2, rf * 2)
     rotation = float(r_factor) if rng.random() <= self.rot_prob else 0.0
-    # numpy 1 (the reference's) multiplied a float32 array by a float64 scalar in float32.
-    scale = np.asarray(element["scale"], np.float32) * np.float32(s_factor)
+    # numpy 1 (the reference's) multiplied a float32 array by a float64 scalar in float32; a
+    # float64 scale (2020 MPII, MPII-TRB) stays float64.
+    scale = geometry.ref_float(element["scale"])
+    scale = scale * scale.dtype.type(s_factor)
     return dict(element, scale=scale, rotation=rotation)
 
 
@@ -143,7 +150,8 @@ class TopDownAffine(grain.transforms.Map):
 
   `cv2.warpAffine(INTER_LINEAR)` with zero border in uint8 on the full image, matrix from
   `geometry.get_affine_transform(center, scale, rotation, input_wh)` (bit-equal to the
-  reference's); a pending flip is folded into the matrix. Joints with vis > 0 are mapped into
+  reference's; float64 centre/scale are used as float64, as the 2020 MPII code); a pending
+  flip is folded into the matrix. Joints with vis > 0 are mapped into
   the crop, the others are left as they are (their weight is 0).
 
   Reads image, center, scale, rotation, joints (optional), joints_vis, flip_pending;

@@ -107,15 +107,24 @@ def _mpii_results(path: str, n: int) -> np.ndarray:
     raise ValueError(f"{path}: results must be a JSON list")
   out = np.full((n, 16, 2), np.nan)
   for i, r in enumerate(res):
-    if "index" not in r or not 0 <= int(r["index"]) < n:
-      raise ValueError(f"{path}: entry {i} needs an 'index' in [0, {n}) (the annotation row)")
-    out[int(r["index"])] = _entry_keypoints(path, i, r, 16, "MPII")[:, :2]
+    index = r.get("index") if isinstance(r, dict) else None
+    if not _is_int(index) or not 0 <= index < n:
+      raise ValueError(f"{path}: entry {i} needs an integer 'index' in [0, {n}) (the annotation "
+                       "row)")
+    kpts = _entry_keypoints(path, i, r, 16, "MPII")[:, :2]
+    if np.isnan(out[index]).all():   # an instance listed twice: the first copy counts (MMPose)
+      out[index] = kpts
   return out
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _entry_keypoints(path: str, i: int, entry: dict, num_joints: int, name: str) -> np.ndarray:
   """(K, 3) keypoints of results entry i, checked for the joint count and finite values."""
-  k = np.asarray(entry.get("keypoints", []), np.float64)
+  postprocess.check_numbers(entry.get("keypoints"), f"{path}: entry {i} 'keypoints'")
+  k = np.asarray(entry["keypoints"], np.float64)
   if k.size != 3 * num_joints:
     raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; {name} has {num_joints}")
   if not np.isfinite(k).all():
@@ -131,10 +140,13 @@ def _trb_results(path: str, ann_file: str) -> dict[int, np.ndarray]:
     raise ValueError(f"{path}: results must be a JSON list")
   out = {}
   for i, r in enumerate(res):
+    if not isinstance(r, dict):
+      raise ValueError(f"{path}: entry {i} is not an object")
     key = r.get("ann_id", r.get("bbox_id"))
-    if key not in known:
+    if not _is_int(key) or key not in known:
       raise ValueError(f"{path}: entry {i} refers to annotation id {key!r}, not in {ann_file}")
-    out[key] = _entry_keypoints(path, i, r, 40, "MPII-TRB")
+    kpts = _entry_keypoints(path, i, r, 40, "MPII-TRB")
+    out.setdefault(key, kpts)   # an annotation listed twice: the first copy counts (MMPose)
   return out
 
 

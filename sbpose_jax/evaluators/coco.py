@@ -6,6 +6,15 @@ joint with v > 0, whatever `num_keypoints` says; a result whose K scores are all
 dropped) are applied here before any backend runs, so all three backends give the
 xtcocotools numbers. `use_area=False` (AIC, CrowdPose) becomes a ground-truth area of
 0.53·w·h, which is exactly what xtcocotools computes in that mode.
+
+A metric with nothing to measure is -1, as the libraries report it: an area range or a
+CrowdPose subset without ground truth. With no scoreable result at all the libraries still run
+(with an empty detection list): 0 where there is ground truth, -1 where there is none.
+
+CrowdPose's rule for ignoring a person (`crowd_ignore`): "labelled" (default) is the 2020
+xtcocotools rule the published numbers were made with (ignore if no joint has v > 0);
+"num_keypoints" is xtcocotools' rule since 2021-05 (>= 1.9, e.g. 1.14.3 under a current
+MMPose): ignore if the file's `num_keypoints` is 0, which CrowdPose counts over v = 2 only.
 """
 from __future__ import annotations
 
@@ -93,11 +102,23 @@ def pick_backend(backend: str = "auto") -> str:
   raise ImportError("no COCO evaluation library: pip install faster-coco-eval or pycocotools")
 
 
+CROWD_IGNORE = {"2020": "labelled", "current": "num_keypoints"}   # command-line names
+
+
+def crowd_ignore_rule(name: str) -> str:
+  """'2020' / 'current' (or the rule names themselves) → 'labelled' / 'num_keypoints'."""
+  rule = CROWD_IGNORE.get(str(name), str(name))
+  if rule not in CROWD_IGNORE.values():
+    raise ValueError(f"CrowdPose ignore rule must be one of {sorted(CROWD_IGNORE)}, got {name!r}")
+  return rule
+
+
 def _run_cocoeval(gt: dict, results: list[dict], sigmas, iou_type: str, backend: str,
                   gt_path: str | None = None) -> np.ndarray:
   """Runs one library's COCOeval and returns its `stats` (10 values, 9 for keypoints_crowd).
 
   `gt` must already hold the OKS areas (`prepare_gt`), so every backend runs with use_area.
+  An empty `results` is scored as no detections (0 where there is ground truth, else -1).
   """
   sigmas = np.asarray(sigmas, np.float64)
   quiet = contextlib.redirect_stdout(io.StringIO())
@@ -126,7 +147,13 @@ def _run_cocoeval(gt: dict, results: list[dict], sigmas, iou_type: str, backend:
       coco_gt = COCO()
       coco_gt.dataset = gt
       coco_gt.createIndex()
-      coco_dt = coco_gt.loadRes(results)
+      if results:
+        coco_dt = coco_gt.loadRes(results)
+      else:   # pycocotools' loadRes cannot read an empty list; no detections is what it means
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": list(gt.get("images", [])), "annotations": [],
+                           "categories": list(gt.get("categories", []))}
+        coco_dt.createIndex()
       ev = COCOeval(coco_gt, coco_dt, iou_type)
       ev.params.kpt_oks_sigmas = sigmas
       ev.params.useSegm = None
@@ -149,15 +176,15 @@ def score_keypoints(gt: dict, results: list[dict], sigmas, *, crowd: bool = Fals
     crowd: CrowdPose metric ('keypoints_crowd', with AP(E/M/H) from the images' crowdIndex).
     use_area: False → OKS area 0.53·w·h.
     backend: 'auto', 'faster_coco_eval', 'xtcocotools' or 'pycocotools'.
-    crowd_ignore: see `prepare_gt` (CrowdPose only; COCO-style data always uses "labelled").
+    crowd_ignore: see `prepare_gt` (CrowdPose only; COCO-style data always uses "labelled");
+      '2020' and 'current' are accepted too (`crowd_ignore_rule`).
     gt_path: the annotation file (xtcocotools re-reads it for the crowd split).
   Returns:
     {'AP', 'AP50', ...}: KP_STATS, or CROWD_STATS when crowd.
   """
   names = CROWD_STATS if crowd else KP_STATS
+  crowd_ignore = crowd_ignore_rule(crowd_ignore)
   results = _keep_scored(results)
-  if not results:
-    return {n: 0.0 for n in names}
   backend = pick_backend(backend)
   gt = prepare_gt(gt, use_area, crowd_ignore if crowd else "labelled")
   if crowd and backend == "xtcocotools":
@@ -183,7 +210,8 @@ def score_wholebody(gt: dict, results: list[dict], gt_path: str | None = None
 
   Returns keys '<part>_<stat>' for part in body, foot, face, lefthand, righthand, whole, plus
   'hand_AP'/'hand_AR' = mean of left and right hand (how the table's "Hand" column was made is
-  an open question, reference-conventions §10.1).
+  an open question, reference-conventions §10.1; a hand whose value is -1, undefined, is left
+  out of the mean, and both undefined give -1).
   """
   sig = np.asarray(kp.COCO_WHOLEBODY.sigmas, np.float64)
   parts = {**{p: (t, sig[slice(*kp.WHOLEBODY_PARTS[p])]) for p, (t, _) in WHOLEBODY_PARTS.items()},
@@ -197,14 +225,13 @@ def score_wholebody(gt: dict, results: list[dict], gt_path: str | None = None
   whole = [r for r in results
            if np.count_nonzero(np.concatenate([np.asarray(r[f])[2::3] for f in fields]) > 0)]
   for part, (iou_type, sigmas) in parts.items():
-    if not whole:
-      stats = np.zeros(len(KP_STATS))
-    else:
-      # xtcocotools adds part scores to the result dicts, so each part gets fresh copies.
-      stats = _run_cocoeval(gt, [dict(r) for r in whole], sigmas, iou_type, "xtcocotools")
+    # xtcocotools adds part scores to the result dicts, so each part gets fresh copies.
+    stats = _run_cocoeval(gt, [dict(r) for r in whole], sigmas, iou_type, "xtcocotools")
     out.update({f"{part}_{n}": float(v) for n, v in zip(KP_STATS, stats)})
   for stat in KP_STATS:
-    out[f"hand_{stat}"] = 0.5 * (out[f"lefthand_{stat}"] + out[f"righthand_{stat}"])
+    hands = [out[f"{side}_{stat}"] for side in ("lefthand", "righthand")]
+    defined = [v for v in hands if v != -1]
+    out[f"hand_{stat}"] = float(np.mean(defined)) if defined else -1.0
   return out
 
 
@@ -247,7 +274,7 @@ class CocoEvaluator:
   def __init__(self, records, config=None, *, eval_type: str | None = None,
                ann_file: str | None = None, vis_thr: float | None = None,
                oks_thr: float | None = None, use_nms: bool = True, backend: str = "auto",
-               crowd_ignore: str = "labelled"):
+               crowd_ignore: str | None = None):
     self.eval_type = eval_type or config.data.dataset
     if self.eval_type not in SETTINGS:
       raise ValueError(f"CocoEvaluator cannot score {self.eval_type!r}; known: {sorted(SETTINGS)}")
@@ -257,7 +284,10 @@ class CocoEvaluator:
     test = getattr(config, "test", None)
     self.vis_thr = vis_thr if vis_thr is not None else (test.vis_thr if test else 0.2)
     self.oks_thr = oks_thr if oks_thr is not None else (test.oks_thr if test else 0.9)
-    self.use_nms, self.backend, self.crowd_ignore = use_nms, backend, crowd_ignore
+    if crowd_ignore is None:   # config test.crowdpose_ignore, else the 2020 rule
+      crowd_ignore = test.get("crowdpose_ignore", "2020") if test else "2020"
+    self.use_nms, self.backend = use_nms, backend
+    self.crowd_ignore = crowd_ignore_rule(crowd_ignore)
     self.buffer = postprocess.PredictionBuffer(len(self.setting.sigmas), self.eval_type)
 
   def process(self, preds: dict) -> None:

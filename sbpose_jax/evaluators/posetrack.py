@@ -244,7 +244,7 @@ def load_results(results: str, gt_folder: str) -> dict[int, list[dict]]:
     source = results
   else:
     entries, source = postprocess.load_json(results, "results file"), results
-  postprocess.check_results(entries, 17, image_ids, source)
+  postprocess.check_results(entries, 17, image_ids, source, require_score=False)
   out: dict[int, list[dict]] = {}
   for r in entries:
     k = np.asarray(r["keypoints"], np.float64).reshape(17, 3)

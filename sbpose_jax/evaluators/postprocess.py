@@ -198,8 +198,18 @@ class PredictionBuffer:
     self._parts = []
 
 
+def check_numbers(values, what: str) -> None:
+  """Raises one ValueError naming `what` unless `values` is a list of JSON numbers."""
+  if not isinstance(values, (list, tuple)):
+    raise ValueError(f"{what} must be a list of numbers, got {type(values).__name__}")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+      raise ValueError(f"{what} must hold numbers only, got {v!r} ({type(v).__name__})")
+
+
 def check_results(results, num_joints: int, image_ids, source: str,
-                  keypoint_fields: tuple[str, ...] = ("keypoints",)) -> None:
+                  keypoint_fields: tuple[str, ...] = ("keypoints",),
+                  require_score: bool = True) -> None:
   """Validates a COCO-style results list; raises one ValueError naming `source`.
 
   Args:
@@ -208,6 +218,8 @@ def check_results(results, num_joints: int, image_ids, source: str,
     image_ids: the ground truth's image ids.
     source: file name (or description) used in the messages.
     keypoint_fields: fields whose concatenation holds the K joints (WholeBody splits them).
+    require_score: every entry needs a numeric `score` (the COCO-style metrics rank by it);
+      where optional, a given score must still be a number.
   """
   if not isinstance(results, list):
     raise ValueError(f"{source}: results must be a JSON list of objects, got "
@@ -219,16 +231,19 @@ def check_results(results, num_joints: int, image_ids, source: str,
       raise ValueError(f"{source}: entry {i} is not an object with an 'image_id'")
     if r["image_id"] not in known:
       unknown.append(r["image_id"])
-    missing = [k for k in keypoint_fields if k not in r]
+    missing = [k for k in keypoint_fields + (("score",) if require_score else ()) if k not in r]
     if missing:
-      raise ValueError(f"{source}: entry {i} lacks {missing}")
+      raise ValueError(f"{source}: entry {i} (image {r['image_id']}) lacks {missing}")
+    for k in keypoint_fields:
+      check_numbers(r[k], f"{source}: entry {i} (image {r['image_id']}) {k!r}")
+    score = r.get("score", 0.0)
+    check_numbers([score], f"{source}: entry {i} (image {r['image_id']}) 'score'")
     n = sum(len(r[k]) for k in keypoint_fields)
     if n != 3 * num_joints:
       raise ValueError(f"{source}: entry {i} (image {r['image_id']}) has {n} keypoint values "
                        f"= {n / 3:g} joints; the dataset has {num_joints} joints "
                        f"({3 * num_joints} values)")
-    values = np.asarray([v for k in keypoint_fields for v in r[k]] + [r.get("score", 0.0)],
-                        np.float64)
+    values = np.asarray([v for k in keypoint_fields for v in r[k]] + [score], np.float64)
     if not np.isfinite(values).all():
       raise ValueError(f"{source}: entry {i} (image {r['image_id']}) contains NaN or inf")
   if unknown:

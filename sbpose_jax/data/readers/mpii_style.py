@@ -34,7 +34,8 @@ def read_mpii(ann_file, image_root, *, input_size=(256, 256), padding=1.25, gt_m
 
   Reference-conventions §1.3 (MM 0.x `TopDownMpiiDataset._get_db`, MS `mpii.py`): if c_x != -1,
   c_y += 15 * s and s *= padding; then c -= 1 and joints -= 1 (MATLAB 1-based -> 0-based);
-  scale = (s, s) (square; input_size is unused). joints_vis is the target weight.
+  scale = (s, s) (square; input_size is unused). joints_vis is the target weight. Centre and
+  scale stay float64, as the 2020 MPII reader kept them (`np.float`); crops depend on it.
   Predictions must get +1 again before PCKh, which takes GT and head boxes from
   `mpii_gt_val.mat`: pass `gt_mat_file` to attach them as extra 'headbox', 'jnt_missing' and
   'pos_gt_src' (rows must match the json order, as in the reference).
@@ -112,9 +113,10 @@ def read_mpii_trb(ann_file, image_root, *, input_size=(256, 256), padding=None, 
   """MPII-TRB (40 joints), reference-conventions §1.4 (MM 0.x `TopDownMpiiTrbDataset._get_db`).
 
   centre = json `center` as is (no -1, no +15); scale = input_size / json scale / 200 (a
-  2-vector) with **no** 1.25 padding (the TRB pipeline never pads; `padding` is ignored);
-  vis = min(v, 1); instances with max(keypoints) == 0 dropped; sorted by annotation id, the
-  order the TRB metric pairs predictions with GT. The json `headbox` (x1 y1 x2 y2, needed by the
+  2-vector, float64 as the 2020 reader; the centre is float32) with **no** 1.25 padding (the
+  TRB pipeline never pads; `padding` is ignored); vis = min(v, 1); instances with
+  max(keypoints) == 0 dropped; sorted by annotation id, the order the TRB metric pairs
+  predictions with GT. The json `headbox` (x1 y1 x2 y2, needed by the
   metric) goes to extra['headbox'] (NaN where absent).
   """
   del padding, det_score_thr
@@ -154,6 +156,6 @@ def read_mpii_trb(ann_file, image_root, *, input_size=(256, 256), padding=None, 
       dataset="mpii_trb", image_root=str(image_root), image_files=str_array(files),
       image_ids=np.asarray(ids, np.int64), image_wh=np.asarray(wh).reshape(-1, 2),
       image_index=np.asarray(rows, np.int64)[order], bbox_xywh=np.zeros((n, 4)),
-      center_xy=np.asarray(centers, np.float64).reshape(-1, 2)[order], scale_wh=scale,
+      center_xy=np.asarray(centers, np.float32).reshape(-1, 2)[order], scale_wh=scale,
       joints_xy=kpts[..., :2], joints_vis=np.minimum(kpts[..., 2], 1), bbox_score=np.ones(n),
       area=np.zeros(n), ann_ids=np.asarray(ann_ids, np.int64)[order], extra=extra)
