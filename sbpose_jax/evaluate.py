@@ -20,10 +20,17 @@ import sys
 import time
 from typing import Sequence
 
+import jax
 import ml_collections
 
-from sbpose_jax import saved_model, workdir
 from sbpose_jax import config as config_lib
+from sbpose_jax import evaluators
+from sbpose_jax import inference
+from sbpose_jax import saved_model
+from sbpose_jax import workdir
+from sbpose_jax.data import readers
+from sbpose_jax.data.pipeline import BadImageError
+from sbpose_jax.evaluators import loop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +74,7 @@ def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDi
   if args.ann_file:
     d.val_ann = os.path.abspath(args.ann_file)
     # Extra ground truth then comes from beside the given file, as MMPose finds it.
-    folder = os.path.dirname(d.val_ann)
-    if d.get("gt_mat_file"):
-      d.gt_mat_file = os.path.join(folder, "mpii_gt_val.mat")
-    if d.get("val_gt_dir"):
-      stem = os.path.splitext(os.path.basename(d.val_ann))[0].split("_")[-1]
-      d.val_gt_dir = os.path.join(folder, stem)
+    d.gt_mat_file, d.val_gt_dir = "", ""
   if args.img_dir:
     d.val_images = os.path.abspath(args.img_dir)
   if args.det_file:
@@ -106,27 +108,9 @@ def check_inputs(cfg, need_images: bool = True) -> None:
       raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def evaluator_kwargs(cfg, eval_type: str) -> dict:
-  """Ground-truth files some metrics read besides the annotation json.
-
-  The configured path is used when it exists; otherwise the evaluator looks beside the
-  annotation file (which is what a user passing --ann-file means).
-  """
-  kw = {}
-  for kind, field, arg in (("mpii", "gt_mat_file", "gt_file"),
-                           ("posetrack18", "val_gt_dir", "gt_folder")):
-    if eval_type == kind and cfg.data.get(field) and data_path(cfg, field).exists():
-      kw[arg] = str(data_path(cfg, field))
-  return kw
-
-
 def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
                    ) -> dict[str, float]:
   """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import evaluators, inference  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
-
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   check_inputs(cfg)
@@ -138,13 +122,14 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
   variables, meta = workdir.load_model(checkpoint_path)
   model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict = inference.make_predict_fn(model, variables, cfg, meta)
-  evaluator = evaluators.EVALUATORS[eval_type](records, cfg, **evaluator_kwargs(cfg, eval_type))
+  evaluator = evaluators.EVALUATORS[eval_type](records, cfg)
   if progress:
     print(f"{len(records)} boxes in {records.num_images} images ({cfg.data.dataset}, "
           f"{'GT' if cfg.data.use_gt_bbox else 'detector'} boxes, flip test "
           f"{'on' if cfg.test.flip else 'off'}, {jax.devices()[0].platform})", file=sys.stderr)
-  metrics = inference.run_evaluation(predict, records, cfg, evaluator, cfg.test.batch_size,
-                                     progress=progress, out_dir=str(out_dir))
+  metrics = loop.run_evaluation(
+      predict, records, cfg, evaluator, cfg.test.batch_size, progress=progress,
+      out_dir=str(out_dir) if jax.process_index() == 0 else None)
   if progress:
     print(f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
   return {k: float(v) for k, v in metrics.items()}
@@ -152,12 +137,11 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
 
 def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
   """Scores an existing results file against cfg's ground truth (no model)."""
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
   if not os.path.exists(results_file):
     raise FileNotFoundError(f"--results file not found: {results_file}")
   check_inputs(cfg, need_images=False)
-  metrics = evaluators.score_results_file(eval_type, str(data_path(cfg, "val_ann")),
-                                          str(results_file), **evaluator_kwargs(cfg, eval_type))
+  files = evaluators.EVALUATORS[eval_type].ground_truth(cfg.data)
+  metrics = evaluators.score_results_file(eval_type, results_file=str(results_file), **files)
   return {k: float(v) for k, v in metrics.items()}
 
 
@@ -171,7 +155,6 @@ def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   args, overrides = parse_args(argv)
-  from sbpose_jax.data.pipeline import BadImageError  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load(args.config, overrides)
     cfg, eval_type = config_lib.eval_config(config, args.eval)
@@ -185,7 +168,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     # One clear line for the user instead of a traceback.
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from e
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
