@@ -33,6 +33,8 @@ def get_config():
       val_ann="annotations/person_keypoints_val2017.json",
       val_images="val2017",
       det_file="person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+      gt_mat_file="",            # MPII: PCKh's mpii_gt_val.mat ("": beside val_ann)
+      val_gt_dir="",             # PoseTrack18: per-sequence GT jsons ("": MMPose's rule)
       use_gt_bbox=False,         # evaluation boxes: ground truth, or det_file
       det_score_thr=0.0,
       input_size=(192, 256),     # (W, H)

@@ -21,10 +21,17 @@ import sys
 import time
 from typing import Sequence
 
+import jax
 import ml_collections
 
-from sbpose_jax import saved_model, workdir
 from sbpose_jax import config as config_lib
+from sbpose_jax import evaluators
+from sbpose_jax import inference
+from sbpose_jax import saved_model
+from sbpose_jax import workdir
+from sbpose_jax.data import readers
+from sbpose_jax.data.pipeline import BadImageError
+from sbpose_jax.evaluators import loop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +95,9 @@ def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDi
     cfg.test.crowdpose_ignore = args.crowdpose_ignore
   if args.ann_file:
     d.val_ann = os.path.abspath(args.ann_file)
+    # PoseTrack's per-sequence folder is then found beside the given file (MMPose's rule);
     # MPII's PCKh ground truth stays data.gt_mat_file (or --gt-file): never replaced silently.
-    folder = os.path.dirname(d.val_ann)
-    if d.get("val_gt_dir"):
-      stem = os.path.splitext(os.path.basename(d.val_ann))[0].split("_")[-1]
-      d.val_gt_dir = os.path.join(folder, stem)
+    d.val_gt_dir = ""
   if args.img_dir:
     d.val_images = os.path.abspath(args.img_dir)
   if args.det_file:
@@ -129,32 +134,9 @@ def check_inputs(cfg, need_images: bool = True) -> None:
       raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def evaluator_kwargs(cfg, eval_type: str) -> dict:
-  """Ground-truth files some metrics read besides the annotation json, and metric rules.
-
-  MPII: data.gt_mat_file (checked by check_inputs). PoseTrack18: the configured folder when it
-  exists; otherwise the evaluator looks beside the annotation file. CrowdPose: the ignore rule
-  of test.crowdpose_ignore.
-  """
-  kw = {}
-  if eval_type == "mpii" and cfg.data.get("gt_mat_file"):
-    kw["gt_file"] = str(data_path(cfg, "gt_mat_file"))
-  if (eval_type == "posetrack18" and cfg.data.get("val_gt_dir")
-      and data_path(cfg, "val_gt_dir").exists()):
-    kw["gt_folder"] = str(data_path(cfg, "val_gt_dir"))
-  if eval_type == "crowdpose":
-    from sbpose_jax.evaluators import coco  # pylint: disable=import-outside-toplevel
-    kw["crowd_ignore"] = coco.crowd_ignore_rule(cfg.test.get("crowdpose_ignore", "2020"))
-  return kw
-
-
 def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
                    ) -> dict[str, float]:
   """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import evaluators, inference  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
-
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   check_inputs(cfg)
@@ -166,13 +148,14 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
   variables, meta = workdir.load_model(checkpoint_path)
   model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict = inference.make_predict_fn(model, variables, cfg, meta)
-  evaluator = evaluators.EVALUATORS[eval_type](records, cfg, **evaluator_kwargs(cfg, eval_type))
+  evaluator = evaluators.EVALUATORS[eval_type](records, cfg)
   if progress:
     print(f"{len(records)} boxes in {records.num_images} images ({cfg.data.dataset}, "
           f"{'GT' if cfg.data.use_gt_bbox else 'detector'} boxes, flip test "
           f"{'on' if cfg.test.flip else 'off'}, {jax.devices()[0].platform})", file=sys.stderr)
-  metrics = inference.run_evaluation(predict, records, cfg, evaluator, cfg.test.batch_size,
-                                     progress=progress, out_dir=str(out_dir))
+  metrics = loop.run_evaluation(
+      predict, records, cfg, evaluator, cfg.test.batch_size, progress=progress,
+      out_dir=str(out_dir) if jax.process_index() == 0 else None)
   if progress:
     print(f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
   return {k: float(v) for k, v in metrics.items()}
@@ -180,25 +163,25 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
 
 def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
   """Scores an existing results file against cfg's ground truth (no model)."""
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
   if not os.path.exists(results_file):
     raise FileNotFoundError(f"--results file not found: {results_file}")
   check_inputs(cfg, need_images=False)
-  metrics = evaluators.score_results_file(eval_type, str(data_path(cfg, "val_ann")),
-                                          str(results_file), **evaluator_kwargs(cfg, eval_type))
+  files = evaluators.EVALUATORS[eval_type].ground_truth(cfg.data)
+  if eval_type == "crowdpose":
+    files["crowd_ignore"] = cfg.test.crowdpose_ignore
+  metrics = evaluators.score_results_file(eval_type, results_file=str(results_file), **files)
   return {k: float(v) for k, v in metrics.items()}
 
 
 def score_tracking(cfg, eval_type: str, results_dir) -> dict[str, float]:
   """poseval's MOTA of a folder of tracked sequences, keys prefixed 'track/'."""
   # pylint: disable-next=import-outside-toplevel
-  from sbpose_jax.evaluators import posetrack, posetrack_mota
+  from sbpose_jax.evaluators import posetrack_mota
   if eval_type != "posetrack18":
     raise ValueError(f"--track needs a PoseTrack18 config, this one evaluates {eval_type!r}")
   if not os.path.isdir(results_dir):
     raise ValueError(f"--track: --results must be a folder of per-sequence jsons: {results_dir}")
-  gt = evaluator_kwargs(cfg, eval_type).get("gt_folder") or posetrack.gt_folder_for(
-      str(data_path(cfg, "val_ann")))
+  gt = evaluators.EVALUATORS[eval_type].ground_truth(cfg.data)["gt_folder"]
   return {f"track/{k}": v for k, v in posetrack_mota.score_folders(gt, str(results_dir)).items()}
 
 
@@ -212,7 +195,6 @@ def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   args, overrides = parse_args(argv)
-  from sbpose_jax.data.pipeline import BadImageError  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load(args.config, overrides)
     cfg, eval_type = config_lib.eval_config(config, args.eval)
@@ -228,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     # One clear line for the user instead of a traceback.
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from e
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),

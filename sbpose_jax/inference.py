@@ -10,14 +10,14 @@ Numerics follow shared/docs/reference-conventions.md §5 (MMPose 0.x `TopDown.fo
 * 'default' decoding (argmax + quarter offset) runs on the device, 'unbiased' (DARK) on the host;
 * heatmap coordinates are mapped to the image with the centre/scale formula of §2.4.
 
-`make_predict_fn` builds the function that `run_evaluation` (and training's periodic evaluation)
-calls on every batch of the evaluation pipeline.
+`make_predict_fn` builds the function that `evaluators.loop.run_evaluation` calls on every batch
+of the evaluation pipeline.
 """
 from __future__ import annotations
 
 import collections
 import functools
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -177,61 +177,3 @@ def make_predict_fn(model, variables, config, meta=None) -> PredictFn:
 
   predict.settings = settings
   return predict
-
-
-def _consume(evaluator, batch: Mapping[str, np.ndarray], keypoints_out) -> None:
-  mask = np.asarray(batch["mask"], bool)
-  kpts = np.asarray(keypoints_out, np.float32)
-  evaluator.process(dict(
-      index=np.asarray(batch["index"])[mask], keypoints=kpts[mask],
-      center=np.asarray(batch["center"])[mask], scale=np.asarray(batch["scale"])[mask],
-      bbox_score=np.asarray(batch["bbox_score"])[mask]))
-
-
-def run_batches(predict_fn: PredictFn, batches: Iterable[Mapping[str, np.ndarray]], evaluator,
-                total: int | None = None, progress: bool = True, depth: int = 2) -> int:
-  """Feeds every batch through `predict_fn` into `evaluator.process`; returns #boxes.
-
-  Results are fetched `depth` batches late so that the host prepares and dispatches the next
-  batches while the device is still busy (no blocking per batch).
-  """
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  pending = collections.deque()
-  boxes = 0
-  with tqdm(total=total, unit="box", disable=not progress, desc="evaluate",
-            dynamic_ncols=True) as bar:
-    def _drain():
-      nonlocal boxes
-      batch, out = pending.popleft()
-      _consume(evaluator, batch, out)
-      n = int(np.sum(batch["mask"]))
-      boxes += n
-      bar.update(n)
-    for batch in batches:
-      pending.append((batch, predict_fn(batch)))
-      if len(pending) > depth:
-        _drain()
-    while pending:
-      _drain()
-  return boxes
-
-
-def run_evaluation(predict_fn: PredictFn, records, config, evaluator, batch_size: int | None = None,
-                   progress: bool = True, out_dir=None) -> dict[str, float]:
-  """Predicts every box of `records` and returns `evaluator.compute(out_dir)`.
-
-  Args:
-    predict_fn: from `make_predict_fn` (or any batch → (B, K, 3) image-space keypoints).
-    records: `data.records.Records` of the evaluation set (one row per box).
-    config: the run's config; the evaluation pipeline reads its data fields.
-    evaluator: an `evaluators.EVALUATORS[type](records, config)` instance.
-    batch_size: fixed batch size (the last batch is padded); default config.test.batch_size.
-    progress: show a tqdm bar counting boxes.
-    out_dir: where `compute` writes the results file (None: nowhere).
-  """
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  batch_size = int(batch_size or config.test.batch_size)
-  if len(records):  # no boxes (e.g. no detections): the evaluator scores an empty result
-    batches = pipeline.eval_dataset(records, config, batch_size)
-    run_batches(predict_fn, batches, evaluator, total=len(records), progress=progress)
-  return evaluator.compute(out_dir)

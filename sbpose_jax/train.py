@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 from sbpose_jax import config as config_lib
+from sbpose_jax import evaluators
 from sbpose_jax import heatmaps as heatmaps_lib
 from sbpose_jax import inference
 from sbpose_jax import init_weights
@@ -38,6 +40,10 @@ from sbpose_jax import optim
 from sbpose_jax import train_log
 from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.data import pipeline
+from sbpose_jax.data import readers
+from sbpose_jax.data import synthetic
+from sbpose_jax.evaluators import loop
 
 TRAIN_KEYS = ("image", "target", "target_weight")
 
@@ -146,16 +152,6 @@ def _eval_due(ev, step: int, epoch_steps: int) -> bool:
   return False
 
 
-MAIN_METRICS = {"coco_wholebody": "whole_AP", "mpii": "Mean", "mpii_trb": "Mean_Acc",
-                "posetrack18": "Total"}
-
-
-def main_metric(eval_type: str, metrics: Mapping[str, float]) -> str:
-  """The metric that ranks checkpoints (model_best): the published table's headline number."""
-  name = MAIN_METRICS.get(eval_type, "AP")
-  return name if name in metrics else next(iter(metrics))
-
-
 # ------------------------------------------------------------------------------- the run
 
 @dataclasses.dataclass
@@ -180,7 +176,6 @@ class _Run:
 
 def _prepare_data(config):
   """Generates the synthetic dataset if the config asks for it; reads the training records."""
-  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
   synthetic.ensure_from_config(config)
   return readers.read_split(config.data, "train")
 
@@ -200,7 +195,6 @@ def _check_batch(config, n_devices: int) -> tuple[int, int]:
 def _train_iterator(records, config):
   """This process's batches: batch_size_per_device x local devices rows, targets made on the
   device from `joints` (less host work and IPC; ecosystem-notes §1c)."""
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   ds = pipeline.train_dataset(
       records, config, batch_size=int(config.batch_size_per_device) * jax.local_device_count(),
       seed=int(config.seed), process_index=jax.process_index(),
@@ -257,8 +251,6 @@ def _flush_metrics(run: _Run, step: int, log: bool) -> None:
 
 def _eval_sets(run: _Run) -> dict:
   if not run.eval_sets:
-    from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
-    from sbpose_jax.data import readers  # pylint: disable=import-outside-toplevel
     for name, ev in run.config.evals.items():
       if ev.type not in evaluators.EVALUATORS:
         raise ValueError(f"evals.{name}.type={ev.type!r} is unknown; known: "
@@ -270,7 +262,6 @@ def _eval_sets(run: _Run) -> dict:
 
 def _evaluate(run: _Run, state, step: int, names) -> dict[str, dict[str, float]]:
   """Runs the due evaluations; writes logs, results files and a sample picture for each."""
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
   variables = ts.state_variables(state)
   out = {}
   for name in names:
@@ -288,9 +279,8 @@ def _evaluate(run: _Run, state, step: int, names) -> dict[str, dict[str, float]]
         seen.append((batch, out))
       return out
 
-    metrics = inference.run_evaluation(recording_predict, records, ecfg, evaluator,
-                                       progress=False,
-                                       out_dir=str(out_dir) if out_dir else None)
+    metrics = loop.run_evaluation(recording_predict, records, ecfg, evaluator, progress=False,
+                                  out_dir=str(out_dir) if out_dir else None)
     out[name] = {k: float(v) for k, v in metrics.items()}
     run.logger.eval_line(step, name, out[name])
     if run.logger.enabled and seen:
@@ -308,7 +298,7 @@ def _save_models(run: _Run, state, step: int, results: Mapping, last: bool) -> f
   if results:
     name = next(iter(run.config.evals))
     if name in results:
-      metric = main_metric(run.config.evals[name].type, results[name])
+      metric = evaluators.main_metric(run.config.evals[name].type, results[name])
       score = results[name][metric]
       workdir_lib.save_if_best(run.workdir, f"{name}/{metric}", score,
                                ts.state_variables(state), meta)
@@ -460,7 +450,6 @@ def main(argv=None) -> int:
   try:
     init_distributed(args.coordinator_address, args.num_processes, args.process_id,
                      args.distributed)
-    from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
     config = config_lib.load(args.config, rest)
@@ -475,7 +464,6 @@ def main(argv=None) -> int:
     print(f"error: {e}\n(set SBPOSE_DEBUG=1 to see the traceback)", file=sys.stderr)
     return 2
   if jax.process_index() == 0 and results:
-    from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
     for name, metrics in results.items():
       print(f"{name} ({config.evals[name].type}) at the end of training:")
       print(evaluators.format_table(metrics, config.evals[name].type))

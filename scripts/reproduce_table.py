@@ -24,13 +24,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# (config, published checkpoint file, published values in the order of COLUMNS[config family]).
-_COCO = ("AP", "AP50", "AP75", "AR", "AR50")
-_WB = tuple(f"{p} {s}" for p in ("Body", "Foot", "Face", "Hand", "Whole") for s in ("AP", "AR"))
-_PT = ("Head", "Shou", "Elb", "Wri", "Hip", "Knee", "Ankl", "Total")
-COLUMNS = {"coco": _COCO, "ochuman": _COCO, "aic": _COCO, "coco_wholebody": _WB,
-           "mpii": ("Mean", "Mean@0.1"), "mpii_trb": ("Skeleton Acc", "Contour Acc", "Mean Acc"),
-           "crowdpose": ("AP", "AP50", "AP75", "AP(E)", "AP(M)", "AP(H)"), "posetrack18": _PT}
+# (config, published checkpoint file, published values in the order of the evaluation type's
+# published columns, evaluators.EVALUATORS[type].published_columns).
 _C = {50: "res50_coco_256x192-ec54d7f3_20200709", 5038: "res50_coco_384x288-e6f795e9_20200709",
       101: "res101_coco_256x192-6e6babf0_20200708", 10138: "res101_coco_384x288-8c71bdc9_20200709",
       152: "res152_coco_256x192-f6e307c2_20200709", 15238: "res152_coco_384x288-3860d4c9_20200709"}
@@ -87,16 +82,6 @@ NOTES = {
 }
 
 
-def metric_key(eval_type: str, column: str) -> str:
-  """Published column label → key of the evaluator's metrics (via evaluators.TABLE_COLUMNS)."""
-  from sbpose_jax import evaluators  # pylint: disable=import-outside-toplevel
-  norm = lambda s: s.replace(" ", "").lower()
-  for label, key in evaluators.TABLE_COLUMNS[eval_type]:
-    if norm(label) == norm(column):
-      return key
-  raise KeyError(f"{eval_type}: no metric for published column {column!r}")
-
-
 def parse_overrides(items) -> list[tuple[str, str, str]]:
   out = []
   for item in items or ():
@@ -141,17 +126,18 @@ def model_for(stem: str, args) -> pathlib.Path:
 
 
 def run_row(name: str, stem: str, published: str, args, overrides) -> dict:
-  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import evaluate, evaluators  # pylint: disable=import-outside-toplevel
   cfg, eval_type = row_config(name, args, overrides)
   evaluate.check_inputs(cfg)
   model = model_for(stem, args)
   t = time.perf_counter()
   metrics = evaluate.evaluate_model(cfg, eval_type, model, pathlib.Path(args.out_dir) / name,
                                     progress=not args.quiet)
-  cols = COLUMNS[eval_type]
+  cols = evaluators.EVALUATORS[eval_type].published_columns
   pub = [float(v) for v in published.split()]
-  ours = [metrics.get(metric_key(eval_type, c), float("nan")) for c in cols]
-  return dict(config=name, checkpoint=stem, eval_type=eval_type, columns=list(cols),
+  ours = [metrics.get(key, float("nan")) for _, key in cols]
+  return dict(config=name, checkpoint=stem, eval_type=eval_type,
+              columns=[label for label, _ in cols],
               published=pub, ours=ours, seconds=round(time.perf_counter() - t, 1))
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import cv2
 from sbpose_jax import evaluate, inference, keypoints, saved_model
+from sbpose_jax.evaluators import loop
 from sbpose_jax import config as config_lib
 
 # Small crops keep the ResNet-18 cheap on a CPU; every test shares one compiled shape.
@@ -235,7 +236,7 @@ def test_ground_truth_as_prediction_scores_one(fixtures_dir):
     rows = np.asarray(batch["index"])
     return np.concatenate([records.joints_xy[rows], np.ones((len(rows), 17, 1), np.float32)], -1)
   ev = evaluators.EVALUATORS["coco"](records, cfg)
-  metrics = inference.run_evaluation(oracle, records, cfg, ev, batch_size=4, progress=False)
+  metrics = loop.run_evaluation(oracle, records, cfg, ev, batch_size=4, progress=False)
   assert metrics["AP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
 
 

@@ -11,8 +11,8 @@ import scipy.io
 
 from sbpose_jax import keypoints as kp
 from sbpose_jax.data import readers
-from sbpose_jax.evaluators import (EVALUATORS, TABLE_COLUMNS, coco, format_table, pck,
-                                   posetrack, score_results_file)
+from sbpose_jax.evaluators import (EVALUATORS, coco, format_table, pck, posetrack,
+                                   score_results_file)
 
 COCO_STYLE = {"coco": "coco/test_coco.json", "ochuman": "ochuman/test_ochuman.json",
               "aic": "aic/test_aic.json", "crowdpose": "crowdpose/test_crowdpose.json",
@@ -366,7 +366,7 @@ def test_posetrack_ground_truth_is_100(fixtures_dir, tmp_path):
   ev = EVALUATORS["posetrack18"](records, None, ann_file=ann)
   ev.process(_gt_preds(records))
   metrics = ev.compute(str(tmp_path))
-  assert all(metrics[c] == 100.0 for c, _ in TABLE_COLUMNS["posetrack18"]), metrics
+  assert all(metrics[c] == 100.0 for c, _ in EVALUATORS["posetrack18"].columns), metrics
   seq = json.load(open(tmp_path / "posetrack18_preds" / "012834_mpii_test.json"))
   assert len(seq["annotations"][0]["scores"]) == 17 and seq["images"]
   folder = score_results_file("posetrack18", ann, str(tmp_path / "posetrack18_preds"))
@@ -525,7 +525,7 @@ def test_registry_config_and_table(fixtures_dir):
 
 
 def test_format_table_posetrack_in_percent_even_below_one():
-  metrics = {key: 81.0 for _, key in TABLE_COLUMNS["posetrack18"]}
+  metrics = {key: 81.0 for _, key in EVALUATORS["posetrack18"].columns}
   metrics["Wri"] = 0.714
   row = format_table(metrics, "posetrack18").splitlines()[1]
   assert "0.7" in row and "0.714" not in row and "81.0" in row

@@ -268,32 +268,3 @@ def test_unbiased_decoding_runs_on_host(tiny):
   cfg = config_lib.load("coco_res50", TINY + ["--config.test.decode=unbiased"])
   out = inference.make_predict_fn(model, variables, cfg)(_batch(np.random.default_rng(2)))
   assert isinstance(out, np.ndarray) and out.shape == (5, 17, 3) and np.isfinite(out).all()
-
-
-class _Collect:
-  def __init__(self):
-    self.parts = []
-
-  def process(self, preds):
-    self.parts.append(preds)
-
-  def compute(self, out_dir=None):
-    return {"n": float(sum(len(p["index"]) for p in self.parts))}
-
-
-def test_run_batches_drops_padding_and_keeps_order():
-  rng = np.random.default_rng(3)
-  batches = [_batch(rng, 4, 0), _batch(rng, 4, 0), _batch(rng, 4, 3)]
-  for i, b in enumerate(batches):
-    b["index"] = b["index"] + 4 * i
-
-  def predict(batch):
-    return np.repeat(batch["index"][:, None, None].astype(np.float32), 17, 1).repeat(3, 2)
-  ev = _Collect()
-  n = inference.run_batches(predict, batches, ev, progress=False)
-  assert n == 9
-  idx = np.concatenate([p["index"] for p in ev.parts])
-  np.testing.assert_array_equal(idx, np.arange(9))
-  for p in ev.parts:
-    np.testing.assert_array_equal(p["keypoints"][:, 0, 0], p["index"])
-    assert set(p) == {"index", "keypoints", "center", "scale", "bbox_score"}

@@ -116,9 +116,23 @@ TWO_PROCESSES = textwrap.dedent("""
     results, state = train.train_and_evaluate(cfg, workdir, progress=False, return_state=True)
     params = jax.tree.leaves(jax.device_get(state.params))
     digest = float(sum(np.sum(np.abs(p.astype(np.float64))) for p in params))
+    # The evaluation loop alone: each process predicts its share of the boxes, all score all.
+    from sbpose_jax import evaluators, inference, saved_model, workdir as workdir_lib
+    from sbpose_jax.evaluators import loop
+    ecfg, eval_type = config_lib.eval_config(cfg)
+    val = readers.read_split(ecfg.data, "val")
+    variables, meta = workdir_lib.load_model(workdir)
+    predict = inference.make_predict_fn(saved_model.build_model(meta), variables, ecfg, meta)
+    counted = []
+    def counting(batch):
+      counted.append(int(np.sum(batch["mask"])))
+      return predict(batch)
+    metrics = loop.run_evaluation(counting, val, ecfg, evaluators.EVALUATORS[eval_type](val, ecfg),
+                                  batch_size=1, progress=False)
     print(json.dumps(dict(pid=pid, seen=seen, digest=digest, step=int(state.step),
                           first=float(np.asarray(params[0]).ravel()[0]),
-                          ap=results["val"]["AP"])))
+                          ap=results["val"]["AP"], boxes=len(val), predicted=sum(counted),
+                          loop_metrics=metrics)))
 """)
 
 
@@ -152,5 +166,10 @@ def test_two_processes_read_disjoint_shards_and_agree(tmp_path):
   assert a["step"] == b["step"] == 3
   assert a["digest"] == b["digest"] and a["first"] == b["first"]   # identical parameters
   assert a["ap"] == b["ap"]
+  # Evaluation splits the boxes: each process predicted a disjoint share, and both computed
+  # the metrics of the whole set from the gathered predictions.
+  assert a["predicted"] > 0 and b["predicted"] > 0
+  assert a["predicted"] + b["predicted"] == a["boxes"] == b["boxes"]
+  assert a["loop_metrics"] == b["loop_metrics"] and 0.0 <= a["loop_metrics"]["AP"] <= 1.0
   assert (tmp_path / "run" / "checkpoints" / "2" / "data_iter" / "process_1-of-2.json").exists()
   assert (tmp_path / "run" / "model_last" / "meta.json").exists()

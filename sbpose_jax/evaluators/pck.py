@@ -176,7 +176,7 @@ class MpiiEvaluator:
   def __init__(self, records, config=None, *, ann_file: str | None = None,
                gt_file: str | None = None, **_):
     self.records = records
-    if gt_file is None and config is not None and config.data.get("gt_mat_file"):
+    if gt_file is None and config is not None and config.data.gt_mat_file:
       gt_file = os.path.join(config.data.root, config.data.gt_mat_file)
     if gt_file is None:
       if ann_file is None:

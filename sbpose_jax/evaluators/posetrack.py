@@ -266,7 +266,7 @@ class PoseTrackEvaluator:
                gt_folder: str | None = None, vis_thr: float | None = None,
                oks_thr: float | None = None, use_nms: bool = True, **_):
     self.records = records
-    if gt_folder is None and config is not None and config.data.get("val_gt_dir"):
+    if gt_folder is None and config is not None and config.data.val_gt_dir:
       gt_folder = os.path.join(config.data.root, config.data.val_gt_dir)
     if gt_folder is None:
       ann_file = ann_file or os.path.join(config.data.root, config.data.val_ann)
