@@ -199,11 +199,13 @@ def augmentations(config, info: keypoints.KeypointInfo) -> list:
           transforms.RandomScaleRotation(d.scale_factor, d.rot_factor, d.rot_prob)]
 
 
-def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = ()) -> list:
-  """The deterministic transforms after the augmentations: crop, targets, field selection."""
+def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = (),
+                    affine: grain.transforms.Map | None = None) -> list:
+  """The deterministic transforms after the augmentations: crop (`affine`, default
+  TopDownAffine; data/packed.py passes its own), targets, field selection."""
   d = config.data
   fields = TRAIN_FIELDS + (("skipped",) if d.skip_bad_images else ()) + tuple(extra_fields)
-  return [transforms.TopDownAffine(d.input_size),
+  return [affine or transforms.TopDownAffine(d.input_size),
           transforms.GenerateTarget(d.input_size, d.heatmap_size, d.sigma,
                                     with_heatmaps=host_targets),
           SelectFields(fields)]
@@ -213,8 +215,8 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
                   process_count: int = 1, num_epochs: int | None = None,
                   batch_size: int = 1, host_targets: bool = True,
                   extra_fields: Sequence[str] = (),
-                  loader: Callable[[Records], grain.transforms.Map] | None = None
-                  ) -> grain.MapDataset:
+                  loader: Callable[[Records], grain.transforms.Map] | None = None,
+                  affine: grain.transforms.Map | None = None) -> grain.MapDataset:
   """The per-sample MapDataset of `train_dataset` (before batching); see there for arguments."""
   d = config.data
   info = keypoints.get(records.dataset)
@@ -231,7 +233,7 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
               ImageLoader(records, d.colour_order, d.skip_bad_images))
   for t in augmentations(config, info):
     ds = ds.random_map(t)
-  for t in crop_and_target(config, host_targets, extra_fields):
+  for t in crop_and_target(config, host_targets, extra_fields, affine):
     ds = ds.map(t)
   return ds
 
@@ -241,8 +243,8 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
                   num_epochs: int | None = None, num_workers: int | None = None,
                   num_threads: int = 1, host_targets: bool = True,
                   extra_fields: Sequence[str] = (),
-                  loader: Callable[[Records], grain.transforms.Map] | None = None
-                  ) -> grain.IterDataset:
+                  loader: Callable[[Records], grain.transforms.Map] | None = None,
+                  affine: grain.transforms.Map | None = None) -> grain.IterDataset:
   """The training input of one process: an IterDataset of batches (numpy dicts).
 
   Args:
@@ -259,6 +261,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
     extra_fields: element keys to keep beyond the contract (e.g. "index", "center").
     loader: factory records → grain Map from a record row to an element (the packed-source
       seam); default `ImageLoader`.
+    affine: the crop transform in place of `TopDownAffine` (the packed source's).
 
   Returns:
     IterDataset of dicts: image (B, H, W, 3) uint8 (config colour order), target
@@ -269,7 +272,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
   ds = train_samples(records, config, seed=seed, process_index=process_index,
                      process_count=process_count, num_epochs=num_epochs,
                      batch_size=batch_size, host_targets=host_targets,
-                     extra_fields=extra_fields, loader=loader)
+                     extra_fields=extra_fields, loader=loader, affine=affine)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
   it = ds.to_iter_dataset(_read_options(num_threads)).batch(1, batch_fn=StackSamples())
   return _prefetch(it, num_workers)
