@@ -168,6 +168,9 @@ class Pack:
   source: Any
   meta: dict
 
+  def __len__(self) -> int:
+    return len(self.records)
+
   @property
   def pack_wh(self) -> tuple[int, int]:
     return tuple(self.meta["key"]["pack_wh"])
