@@ -57,8 +57,9 @@ def get_config():
       # person crops made by `python -m sbpose_jax.pack` (evaluation always reads full images).
       source="full",
       packed_dir="",             # "" = <root>/packed/<config name>
-      pack_scale=0.6,            # pack resolution / output resolution at zoom 1 (pack_geometry)
+      pack_scale=0.5,            # pack resolution / output resolution at zoom 1 (pack_geometry)
       pack_quality=95,           # JPEG quality of the packed crops
+      pack_chroma="yuv420",      # JPEG chroma of the crops: "yuv420" or "yuv444" (sharper)
       warp_on_device=False,      # packed: warp + flip + normalise inside the jitted step
   ))
 

@@ -76,7 +76,8 @@ def _pack_shard(i: int) -> tuple[int, int]:
         image_cache.clear()
         image_cache[img_idx] = pipeline.decode_image(records.image_path(row), "bgr")
       ex = packed.example(records, row, image_cache[img_idx], s["pack_wh"], s["ranges"],
-                          info.upper_body_ids, info.num_joints_half_body, s["quality"])
+                          info.upper_body_ids, info.num_joints_half_body, s["quality"],
+                          s["chroma"])
     except (pipeline.BadImageError, ValueError) as e:
       if not s["skip_bad"]:
         writer.close()
@@ -85,7 +86,8 @@ def _pack_shard(i: int) -> tuple[int, int]:
       skipped.append({"row": row, "reason": str(e)})
       continue
     writer.write(feats.serialize_example(ex))
-    kept.append(row)
+    kept.append({"row": row, "image_to_crop": ex["image_to_crop"].tolist(),
+                 "image_wh": ex["image_wh"].tolist()})
   writer.close()
   os.replace(tmp, path)
   marker = progress / f"shard-{i:05d}.json"
@@ -134,7 +136,8 @@ def write_pack(records: Records, config, split: str, out, *, workers: int | None
                                       and (out / shard_name(split, i, n)).exists())]
   state = dict(records=records, split=split, out=out, progress=progress, chunk=plan["chunk"],
                num_shards=n, pack_wh=plan["key"]["pack_wh"], ranges=plan["key"]["ranges"],
-               quality=plan["key"]["jpeg_quality"], skip_bad=skip_bad)
+               quality=plan["key"]["jpeg_quality"], chroma=plan["key"]["chroma"],
+               skip_bad=skip_bad)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   done_rows = len(records) - sum(min(len(records), (i + 1) * plan["chunk"]) - i * plan["chunk"]
                                  for i in todo)
@@ -160,12 +163,16 @@ def _finish(records: Records, config, split: str, out: pathlib.Path, plan: dict)
   progress = out / f".progress-{split}"
   n = plan["num_shards"]
   parts = [json.loads((progress / f"shard-{i:05d}.json").read_text()) for i in range(n)]
-  kept = np.array([r for p in parts for r in p["kept"]], np.int64)
+  kept_items = [k for p in parts for k in p["kept"]]
+  kept = np.array([k["row"] for k in kept_items], np.int64)
   skipped = [s for p in parts for s in p["skipped"]]
   if not len(kept):
     raise PackError(f"every instance of {split} was skipped as bad; nothing to pack")
   sub = records.select(kept)
-  sub = dataclasses.replace(sub, extra={**sub.extra, "pack_source_row": kept})
+  sub = dataclasses.replace(sub, extra={
+      **sub.extra, "pack_source_row": kept,
+      "pack_image_to_crop": np.array([k["image_to_crop"] for k in kept_items], np.float64),
+      "pack_image_wh": np.array([k["image_wh"] for k in kept_items], np.int32)})
   rec_dir, tmp_dir = out / f"records-{split}", out / f"records-{split}.tmp"
   shutil.rmtree(tmp_dir, ignore_errors=True)
   sub.save(tmp_dir)

@@ -22,7 +22,8 @@ def _config(root, *extra, ann="annotations/person_keypoints_train.json", images=
   return config_lib.load("coco_res50", [
       f"--config.data.root={root}", f"--config.data.train_ann={ann}",
       f"--config.data.train_images={images}", f"--config.data.input_size={IN_WH!r}",
-      f"--config.data.heatmap_size={HM_WH!r}", "--config.data.num_workers=0", *extra])
+      f"--config.data.heatmap_size={HM_WH!r}", "--config.data.num_workers=0",
+      "--config.data.pack_scale=2.0", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_same_draws_as_full_image_path(syn_pack):
 def test_fixture_parity_with_and_without_half_body(fixtures_dir, tmp_path, half_body):
   """Real COCO crops at a pack scale that keeps native resolution: JPEG is the difference."""
   cfg, records = _coco_fixture(fixtures_dir, "--config.data.pack_scale=3.0",
+                               "--config.data.pack_chroma=yuv444",
                                f"--config.data.half_body_prob={half_body}")
   pack_lib.write_pack(records, cfg, "train", tmp_path, workers=1, progress_bar=False)
   pack = packed.open_pack(tmp_path, cfg)
