@@ -61,7 +61,7 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "coco"
 # Data.
 
 class _ModSource:
-  """A pack's TFDS source presented as `size` examples (example i is i mod n)."""
+  """A pack's raw ArrayRecord source presented as `size` examples (example i is i mod n)."""
 
   def __init__(self, source, size: int):
     self.source, self.size = source, size
@@ -84,7 +84,7 @@ def packed_view(records, config, virtual_size: int, out: pathlib.Path, ann_file)
   pack = packed.open_pack(out, config)
   rows = np.arange(virtual_size) % len(pack)
   return packed.Pack(pack.directory, "train", pack.records.select(rows),
-                     _ModSource(pack.source, virtual_size), pack.meta)
+                     _ModSource(pack.source.data_source, virtual_size), pack.meta)
 
 
 def load_records(kind: str, config, virtual_size: int, synthetic_root: pathlib.Path,
