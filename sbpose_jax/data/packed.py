@@ -238,13 +238,23 @@ class PackedLoader(grain.transforms.Map):
 
 
 def crop_matrix(element: Element, input_wh) -> tuple[np.ndarray, np.ndarray]:
-  """(image → output matrix exactly as TopDownAffine, crop → output matrix for the pixels)."""
+  """(image → output matrix exactly as TopDownAffine, crop → output (2, 3) for the pixels)."""
   matrix = geometry.get_affine_transform(element["center"], element["scale"],
                                          float(element.get("rotation", 0.0)), input_wh)
   image_matrix = (geometry.fold_flip(matrix, element["image"].shape[1])
                   if element.get("flipped") else matrix)
-  t = np.vstack([element["image_to_crop"], [0.0, 0.0, 1.0]])
-  return matrix, image_matrix @ np.linalg.inv(t)
+  t = element["image_to_crop"]            # diagonal scale + shift: inverted in closed form
+  k = np.array([t[0, 0], t[1, 1]])
+  lin = image_matrix[:, :2] / k
+  return matrix, np.concatenate([lin, (image_matrix[:, 2] - lin @ t[:, 2])[:, None]], axis=1)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+  """Inverse of a (2, 3) affine map (as cv2.invertAffineTransform, in float64)."""
+  a, b, c, d = m[0, 0], m[0, 1], m[1, 0], m[1, 1]
+  det = a * d - b * c
+  lin = np.array([[d, -b], [-c, a]]) / det
+  return np.concatenate([lin, -(lin @ m[:, 2])[:, None]], axis=1)
 
 
 class PackedAffine(grain.transforms.Map):
@@ -271,10 +281,10 @@ class PackedAffine(grain.transforms.Map):
     crop = element["pack_image"]
     if self.on_device:
       out["image"] = crop
-      out["warp_matrix"] = cv2.invertAffineTransform(pixel_matrix[:2]).astype(np.float32)
+      out["warp_matrix"] = invert_affine(pixel_matrix).astype(np.float32)
       out["flipped"] = np.bool_(element.get("flipped", False))
     else:
-      out["image"] = cv2.warpAffine(crop, pixel_matrix[:2], self.input_wh,
+      out["image"] = cv2.warpAffine(crop, pixel_matrix, self.input_wh,
                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0)
     joints = np.asarray(element["joints"], np.float32)
