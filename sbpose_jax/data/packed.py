@@ -75,9 +75,9 @@ def example(records: Records, row: int, image: np.ndarray, pack_wh, ranges: dict
   # 4:2:0 chroma decodes ~25% faster; 4:4:4 keeps sharp colour edges (docs/packing.md).
   if chroma not in ("yuv420", "yuv444"):
     raise ValueError(f"data.pack_chroma must be 'yuv420' or 'yuv444', got {chroma!r}")
+  sampling = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{chroma[3:]}")
   ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality),
-                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                         getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{chroma[3:]}")])
+                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
   if not ok:
     raise ValueError(f"cannot JPEG-encode the crop of record {row}")
   k = np.array([t[0, 0], t[1, 1]])

@@ -25,10 +25,9 @@ The iterator's `get_state()`/`set_state()` (and `grain.checkpoint.CheckpointSave
 orbax) resume on the exact next batch, given the same records, config, seed, process layout and
 `num_workers`.
 
-Seams left for later work:
-* a packed source (pre-cropped JPEG records in ArrayRecord/TFDS): replace `ImageLoader` by a
-  loader with the same output (a full or pre-cropped image plus centre/scale/joints in its
-  pixel frame) — `train_dataset(..., loader=...)`;
+Seams:
+* a packed source (data/packed.py: pre-cropped JPEGs in a TFDS/ArrayRecord dataset) replaces
+  `ImageLoader` and `TopDownAffine` — `train_dataset(..., loader=..., affine=...)`;
 * targets on the device: `host_targets=False` drops `target` from the batches; `joints`
   (B, K, 3) heatmap-space x, y, weight are always there for `heatmaps.encode_jnp`.
 
