@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out) if args.out else packed.default_dir(config)
     meta = write_pack(records, config, args.split, out, workers=args.workers or None,
                       skip_bad=args.skip_bad, progress_bar=not args.no_progress)
-  except (PackError, ValueError, FileNotFoundError) as e:
+  except (PackError, ValueError, OSError) as e:
     if os.environ.get("SBPOSE_DEBUG"):
       raise
     print(f"error: {e}", file=sys.stderr)

@@ -190,3 +190,38 @@ def test_bad_image_named_or_skipped(syn_root, tmp_path, capsys):
   meta = json.loads((tmp_path / "p" / "pack-train.json").read_text())
   assert meta["num_skipped"] == n_bad and meta["num_examples"] == len(records) - n_bad
   assert f"({n_bad} skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,folder,ann", [
+    ("aic_res101", "aic", "test_aic.json"),
+    ("crowdpose_res50", "crowdpose", "test_crowdpose.json"),
+    ("mpii_res50", "mpii", "test_mpii.json"),
+    ("mpii_trb_res50", "mpii", "test_mpii_trb.json"),
+    ("ochuman_res50", "ochuman", "test_ochuman.json"),
+    ("coco_wholebody_res50", "coco", "test_coco_wholebody.json"),
+    ("posetrack18_res50", "posetrack18", "annotations/val")])
+def test_every_fixture_dataset_packs_with_the_same_draws(fixtures_dir, tmp_path, name, folder,
+                                                         ann):
+  cfg = config_lib.load(name, [f"--config.data.root={fixtures_dir / folder}",
+                               f"--config.data.train_ann={ann}", "--config.data.train_images=",
+                               "--config.data.num_workers=0"])
+  records = readers.read_split(cfg.data, "train")
+  pack_lib.write_pack(records, cfg, "train", tmp_path, workers=1, progress_bar=False)
+  pack = packed.open_pack(tmp_path, cfg)
+  kw = dict(batch_size=1, seed=0, num_epochs=2, host_targets=False)
+  full = list(pipeline.train_dataset(records, cfg, **kw))
+  pk = list(packed.train_dataset(pack, cfg, on_device=False, **kw))
+  assert len(full) == len(pk) == 2 * len(records)
+  for a, b in zip(full, pk):
+    np.testing.assert_allclose(a["joints"], b["joints"], atol=1e-4)
+    np.testing.assert_array_equal(a["target_weight"], b["target_weight"])
+  assert _pixels(full, pk).mean() < 10
+
+
+def test_annotation_folder_digest(tmp_path):
+  (tmp_path / "a.json").write_text("[1]")
+  (tmp_path / "b.json").write_text("[2]")
+  first = packed.file_digest(tmp_path)
+  (tmp_path / "b.json").write_text("[3]")
+  assert packed.file_digest(tmp_path)["sha256"] != first["sha256"]
+  assert first["bytes"] == 6

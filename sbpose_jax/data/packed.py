@@ -99,14 +99,20 @@ def example(records: Records, row: int, image: np.ndarray, pack_wh, ranges: dict
 # What a pack was made from, and the check that training uses it with the same settings.
 
 def file_digest(path) -> dict:
-  """Size and sha256 of an annotation file (what `check` compares)."""
+  """Size and sha256 of an annotation file, or of a folder of them (PoseTrack's per-video
+  files: names and contents, sorted); what `check` compares."""
   import hashlib  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
+  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+  for file in files:
+    if path.is_dir():
+      h.update(str(file.relative_to(path)).encode() + b"\0")
+    with open(file, "rb") as f:
+      for block in iter(lambda f=f: f.read(1 << 20), b""):
+        h.update(block)
+  size = sum(f.stat().st_size for f in files)
+  return {"path": str(path.resolve()), "bytes": size, "sha256": h.hexdigest()}
 
 
 def pack_key(config, split: str) -> dict:
@@ -152,7 +158,7 @@ def check(pack_dir, config, split: str = "train") -> dict:
   ann = pathlib.Path(config.data.root) / config.data[f"{split}_ann"]
   made = meta["annotations"]
   if ann.exists():
-    if ann.stat().st_size != made["bytes"] or file_digest(ann)["sha256"] != made["sha256"]:
+    if file_digest(ann)["sha256"] != made["sha256"]:
       raise ValueError(f"the pack in {pack_dir} was made from another annotation file "
                        f"({made['path']}) than {ann}")
   elif pathlib.Path(made["path"]).name != ann.name:
