@@ -34,8 +34,9 @@ def test_matches_cv2_on_real_crops(fixtures_dir):
       mats.append(cv2.invertAffineTransform(m).astype(np.float32))
   out = np.asarray(warp(np.stack(images), np.stack(mats), OUT_WH))
   d = np.abs(out - np.stack(refs))
-  # float32 matrices move a rare source coordinate across cv2's 1/32 px step.
-  assert d.max() <= 8 and (d > 0).mean() < 1e-3
+  # float32 matrices move a rare source coordinate across cv2's 1/32 px step: one step moves
+  # a bilinear weight by 1/32, at most 255/32 ≈ 8 levels per axis.
+  assert d.max() <= 16 and (d > 0).mean() < 1e-3
 
 
 def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path):
@@ -55,7 +56,7 @@ def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path):
     np.testing.assert_array_equal(a["joints"], b["joints"])
     np.testing.assert_array_equal(a["target_weight"], b["target_weight"])
     d = np.abs(np.asarray(warp(b["image"], b["warp_matrix"], OUT_WH)) - a["image"])
-    assert d.max() <= 8 and (d > 0).mean() < 1e-3
+    assert d.max() <= 16 and (d > 0).mean() < 1e-3
 
 
 def test_train_step_warps_on_device(fixtures_dir, tmp_path):
