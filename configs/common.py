@@ -56,6 +56,14 @@ def get_config():
       rot_prob=0.6,
       num_workers=8,
       skip_bad_images=False,
+      # Training input (docs/packing.md): "full" decodes the full images; "packed" reads the
+      # person crops made by `python -m sbpose_jax.pack` (evaluation always reads full images).
+      source="full",
+      packed_dir="",             # "" = <root>/packed/<config name>
+      pack_scale=0.5,            # pack resolution / output resolution at zoom 1 (pack_geometry)
+      pack_quality=95,           # JPEG quality of the packed crops
+      pack_chroma="yuv420",      # JPEG chroma of the crops: "yuv420" or "yuv444" (sharper)
+      warp_on_device=False,      # packed: warp + flip + normalise inside the jitted step
   ))
 
   # The architecture (depth 50, style, width, head) as saved_model.ModelMeta documents it.

@@ -36,6 +36,7 @@ def get_config():
                       dtype="float32"))
   c.init_checkpoint = ""
   c.data.update(dict(rot_prob=0.0, shift_prob=0.0, scale_factor=0.0, half_body_prob=0.0))
+  c.data.pack_scale = 1.0   # packed crops (docs/packing.md): no zoom, so the region is the crop
   c.batch_size_per_device = 8
   c.bn_group_size = 0
   c.epochs = 26

@@ -40,6 +40,8 @@ from sbpose_jax import optim
 from sbpose_jax import train_log
 from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.data import device_warp
+from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
 from sbpose_jax.data import synthetic
@@ -59,6 +61,7 @@ class StepSettings(NamedTuple):
   model_order: str = "rgb"    # channel order the network expects
   heatmap_wh: tuple = (48, 64)  # for targets made on the device from `joints`
   sigma: float = 2.0
+  input_wh: tuple = (192, 256)  # for crops warped on the device (data.warp_on_device)
 
 
 # ------------------------------------------------------------------------------- the step
@@ -90,7 +93,8 @@ def train_step(state: ts.TrainState, batch: Mapping[str, jax.Array], *, model,
 
   Args:
     state: replicated TrainState (donated).
-    batch: `image` (B, H, W, 3) uint8 and either `target` (B, Hh, Wh, K) float32 +
+    batch: `image` (B, H, W, 3) uint8 (or packed crops (B, Hp, Wp, 3) with `warp_matrix`
+      (B, 2, 3) output → crop pixel maps, warped here), and either `target` (B, Hh, Wh, K) float32 +
       `target_weight` (B, K), or `joints` (B, K, 3) heatmap-space x, y, weight (the targets are
       then made on the device); sharded over the batch axis.
     model: the flax module (static).
@@ -98,7 +102,10 @@ def train_step(state: ts.TrainState, batch: Mapping[str, jax.Array], *, model,
   Returns:
     (new state, metrics as sums: `loss_sum`, `count`, `visible`, and `grad_norm`).
   """
-  x = inference.normalize(batch["image"], settings.data_order, settings.model_order)
+  image = batch["image"]
+  if "warp_matrix" in batch:  # packed crops + output->crop matrices (data/device_warp.py)
+    image = device_warp.warp_affine(image, batch["warp_matrix"], settings.input_wh)
+  x = inference.normalize(image, settings.data_order, settings.model_order)
   if "target" in batch:
     target, weight = batch["target"], batch["target_weight"]
   else:
@@ -175,8 +182,16 @@ class _Run:
 
 
 def _prepare_data(config):
-  """Generates the synthetic dataset if the config asks for it; reads the training records."""
+  """Generates the synthetic dataset if the config asks for it; reads the training records,
+  or opens the packed crops (`data.source="packed"`, checked against the config)."""
+  source = config.data.get("source", "full")
+  if source not in ("full", "packed"):
+    raise ValueError(f"data.source must be 'full' or 'packed', got {source!r}")
+  if source == "full" and config.data.get("warp_on_device", False):
+    raise ValueError("data.warp_on_device needs data.source='packed' (python -m sbpose_jax.pack)")
   synthetic.ensure_from_config(config)
+  if source == "packed":
+    return packed.open_pack(packed.default_dir(config), config, "train")
   return readers.read_split(config.data, "train")
 
 
@@ -195,8 +210,10 @@ def _check_batch(config, n_devices: int) -> tuple[int, int]:
 def _train_iterator(records, config):
   """This process's batches: batch_size_per_device x local devices rows, targets made on the
   device from `joints` (less host work and IPC; ecosystem-notes §1c)."""
-  ds = pipeline.train_dataset(
-      records, config, batch_size=int(config.batch_size_per_device) * jax.local_device_count(),
+  make = (functools.partial(packed.train_dataset, records) if isinstance(records, packed.Pack)
+          else functools.partial(pipeline.train_dataset, records))
+  ds = make(
+      config, batch_size=int(config.batch_size_per_device) * jax.local_device_count(),
       seed=int(config.seed), process_index=jax.process_index(),
       process_count=jax.process_count(), host_targets=False)
   return iter(ds)
@@ -334,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
                           tuple(int(v) for v in config.data.heatmap_size),
-                          float(config.data.sigma))
+                          float(config.data.sigma), tuple(int(v) for v in config.data.input_size))
   ckpts = workdir_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
                                        metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
@@ -360,7 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # --- The loop. `step` counts completed updates.
     for step in range(start + 1, stop + 1):
       local = next(train_iter)
-      keys = TRAIN_KEYS if "target" in local else ("image", "joints")
+      keys = (TRAIN_KEYS if "target" in local else ("image", "joints")) + (
+          ("warp_matrix",) if "warp_matrix" in local else ())
       state, metrics = train_step(state, to_global_batch(local, run.data_sharding, global_batch,
                                                          keys), model=model, settings=settings)
       run.pending.append(metrics)

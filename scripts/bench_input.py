@@ -10,6 +10,11 @@ Rows (images/s, steady state after --warmup batches; the parent only touches eac
   * pipeline w=0: `pipeline.train_dataset(..., num_workers=0)` (in-process, one read thread);
   * pipeline w=N: N spawned grain workers, one read thread each.
   Overhead = 1 − pipeline(w=N) / bare(xN); the target is ≤ 15%.
+With --paths full packed device it also times the packed person crops (docs/packing.md):
+  * full: today's path, the full image decoded and warped on the host;
+  * packed: `python -m sbpose_jax.pack` crops of the same records, warped on the host;
+  * device: the same crops shipped with their warp matrices (`data.warp_on_device`): the host
+    only decodes; the warp runs in the jitted step (not timed here: host CPU only).
 With --layouts it also times two other places to batch (the design choice in
 data/pipeline.py): `iterbatch` (grain's recipe: `to_iter_dataset().batch().mp_prefetch()`,
 batches depend on the worker count) and `after` (`mp_prefetch()` then `.batch()`: every
@@ -55,7 +60,35 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "coco"
 # ------------------------------------------------------------------------------------------------
 # Data.
 
-def load_records(kind: str, config, virtual_size: int, synthetic_root: pathlib.Path):
+class _ModSource:
+  """A pack's raw ArrayRecord source presented as `size` examples (example i is i mod n)."""
+
+  def __init__(self, source, size: int):
+    self.source, self.size = source, size
+
+  def __len__(self):
+    return self.size
+
+  def __getitem__(self, i):
+    return self.source[int(i) % len(self.source)]
+
+
+def packed_view(records, config, virtual_size: int, out: pathlib.Path, ann_file):
+  """Packs `records` into `out` (once) and returns the pack presented as virtual_size rows."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import pack as pack_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(config)
+  config.data.root, config.data.train_ann = str(ann_file.parent), ann_file.name
+  pack_lib.write_pack(records, config, "train", out, progress_bar=False)
+  pack = packed.open_pack(out, config)
+  rows = np.arange(virtual_size) % len(pack)
+  return packed.Pack(pack.directory, "train", pack.records.select(rows),
+                     _ModSource(pack.source.data_source, virtual_size), pack.meta)
+
+
+def load_records(kind: str, config, virtual_size: int, synthetic_root: pathlib.Path,
+                 base: bool = False):
   if kind == "synthetic":
     root = synthetic.ensure_synthetic(synthetic_root, {"train": 200, "val": 1}, seed=0)
     records = readers.read_coco(root / "annotations/person_keypoints_train.json",
@@ -67,6 +100,8 @@ def load_records(kind: str, config, virtual_size: int, synthetic_root: pathlib.P
                                 input_size=tuple(config.data.input_size))
   else:
     raise SystemExit(f"unknown --data {kind!r}")
+  if base:
+    return records
   return records.select(np.arange(virtual_size) % len(records))
 
 
@@ -130,6 +165,11 @@ def _cpu_seconds() -> float:
 # Pipelines.
 
 def _layout(records, config, layout: str, batch_size: int, workers: int, host_targets: bool):
+  if layout in ("packed", "device"):
+    from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel
+    return packed.train_dataset(records, config, on_device=layout == "device",
+                                batch_size=batch_size, seed=0, num_workers=workers,
+                                host_targets=host_targets)
   if layout == "mapbatch":
     return pipeline.train_dataset(records, config, batch_size=batch_size, seed=0,
                                   num_workers=workers, host_targets=host_targets)
@@ -194,6 +234,10 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=2, help="median of this many measurements")
   p.add_argument("--virtual-size", type=int, default=150_000)
   p.add_argument("--layouts", action="store_true", help="also time the other batch layouts")
+  p.add_argument("--paths", nargs="+", default=["full"], choices=("full", "packed", "device"),
+                 help="input paths: full images, packed + host warp, packed + device warp")
+  p.add_argument("--pack-root", default=str(pathlib.Path(tempfile.gettempdir()) /
+                                             "sbpose_bench_pack"))
   p.add_argument("--device-targets", action="store_true",
                  help="no heatmaps on the host (host_targets=False), for bare and pipeline")
   p.add_argument("--synthetic-root", default=str(pathlib.Path(tempfile.gettempdir()) /
@@ -205,12 +249,22 @@ def main(argv=None):
         f"{os.getloadavg()[0]:.1f}; config {args.config}, input {tuple(config.data.input_size)}, "
         f"batch {args.batch_size}, {args.batches} timed batches, median of {args.repeats}, "
         f"targets on the {'device' if args.device_targets else 'host'}")
-  layouts = ["mapbatch"] + (["iterbatch", "after"] if args.layouts else [])
+  layouts = (["mapbatch"] if "full" in args.paths else []) + (
+      ["iterbatch", "after"] if args.layouts else [])
   num = args.batches * args.batch_size
   print("| data | run | img/s | spread | CPU ms/img | first batch s |")
   print("|---|---|---|---|---|---|")
   for kind in args.data:
     records = load_records(kind, config, args.virtual_size, pathlib.Path(args.synthetic_root))
+    sources = {layout: records for layout in layouts}
+    for path in ("packed", "device"):
+      if path in args.paths:
+        base = load_records(kind, config, args.virtual_size, pathlib.Path(args.synthetic_root),
+                            base=True)
+        pack_dir = pathlib.Path(args.pack_root) / f"{kind}_{args.config}_{len(base)}"
+        ann = (FIXTURES / "test_coco.json" if kind == "fixture" else
+               pathlib.Path(args.synthetic_root) / "annotations/person_keypoints_train.json")
+        sources[path] = packed_view(base, config, args.virtual_size, pack_dir, ann)
     rows = {}
 
     def report(name, runs):
@@ -224,17 +278,17 @@ def main(argv=None):
     # Interleaved repeats, so that a burst of load on the shared box hits every row alike.
     runs: dict[str, list] = {}
     for _ in range(args.repeats):
-      for procs in args.workers:
+      for procs in args.workers if "full" in args.paths else []:
         runs.setdefault(f"bare x{procs}", []).append(
             bare_parallel(records, config, num, args.batch_size, procs, not args.device_targets))
-      for layout in layouts:
+      for layout, source in sources.items():
         for workers in [0] + list(args.workers):
           runs.setdefault(f"{layout} w={workers}", []).append(time_pipeline(
-              records, config, layout, workers, args.batch_size, args.batches, args.warmup,
+              source, config, layout, workers, args.batch_size, args.batches, args.warmup,
               not args.device_targets))
     for name, values in runs.items():
       report(name, values)
-    for workers in args.workers:
+    for workers in args.workers if "full" in args.paths else []:
       (floor, floor_cpu), (got, got_cpu) = rows[f"bare x{workers}"], rows[f"mapbatch w={workers}"]
       print(f"| {kind} | overhead w={workers} vs bare x{workers} | {100 * (1 - got / floor):+.0f}% "
             f"| | {100 * (got_cpu / floor_cpu - 1):+.0f}% CPU | |")

@@ -25,10 +25,9 @@ The iterator's `get_state()`/`set_state()` (and `grain.checkpoint.CheckpointSave
 orbax) resume on the exact next batch, given the same records, config, seed, process layout and
 `num_workers`.
 
-Seams left for later work:
-* a packed source (pre-cropped JPEG records in ArrayRecord/TFDS): replace `ImageLoader` by a
-  loader with the same output (a full or pre-cropped image plus centre/scale/joints in its
-  pixel frame) — `train_dataset(..., loader=...)`;
+Seams:
+* a packed source (data/packed.py: pre-cropped JPEGs in a TFDS/ArrayRecord dataset) replaces
+  `ImageLoader` and `TopDownAffine` — `train_dataset(..., loader=..., affine=...)`;
 * targets on the device: `host_targets=False` drops `target` from the batches; `joints`
   (B, K, 3) heatmap-space x, y, weight are always there for `heatmaps.encode_jnp`.
 
@@ -205,11 +204,13 @@ def augmentations(config, info: keypoints.KeypointInfo) -> list:
   return steps + [transforms.RandomScaleRotation(d.scale_factor, d.rot_factor, d.rot_prob)]
 
 
-def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = ()) -> list:
-  """The deterministic transforms after the augmentations: crop, targets, field selection."""
+def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = (),
+                    affine: grain.transforms.Map | None = None) -> list:
+  """The deterministic transforms after the augmentations: crop (`affine`, default
+  TopDownAffine; data/packed.py passes its own), targets, field selection."""
   d = config.data
   fields = TRAIN_FIELDS + (("skipped",) if d.skip_bad_images else ()) + tuple(extra_fields)
-  return [transforms.TopDownAffine(d.input_size),
+  return [affine or transforms.TopDownAffine(d.input_size),
           transforms.GenerateTarget(d.input_size, d.heatmap_size, d.sigma,
                                     with_heatmaps=host_targets),
           SelectFields(fields)]
@@ -219,8 +220,8 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
                   process_count: int = 1, num_epochs: int | None = None,
                   batch_size: int = 1, host_targets: bool = True,
                   extra_fields: Sequence[str] = (),
-                  loader: Callable[[Records], grain.transforms.Map] | None = None
-                  ) -> grain.MapDataset:
+                  loader: Callable[[Records], grain.transforms.Map] | None = None,
+                  affine: grain.transforms.Map | None = None) -> grain.MapDataset:
   """The per-sample MapDataset of `train_dataset` (before batching); see there for arguments."""
   d = config.data
   info = keypoints.get(records.dataset)
@@ -237,7 +238,7 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
               ImageLoader(records, d.colour_order, d.skip_bad_images))
   for t in augmentations(config, info):
     ds = ds.random_map(t)
-  for t in crop_and_target(config, host_targets, extra_fields):
+  for t in crop_and_target(config, host_targets, extra_fields, affine):
     ds = ds.map(t)
   return ds
 
@@ -247,8 +248,8 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
                   num_epochs: int | None = None, num_workers: int | None = None,
                   num_threads: int = 1, host_targets: bool = True,
                   extra_fields: Sequence[str] = (),
-                  loader: Callable[[Records], grain.transforms.Map] | None = None
-                  ) -> grain.IterDataset:
+                  loader: Callable[[Records], grain.transforms.Map] | None = None,
+                  affine: grain.transforms.Map | None = None) -> grain.IterDataset:
   """The training input of one process: an IterDataset of batches (numpy dicts).
 
   Args:
@@ -265,6 +266,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
     extra_fields: element keys to keep beyond the contract (e.g. "index", "center").
     loader: factory records → grain Map from a record row to an element (the packed-source
       seam); default `ImageLoader`.
+    affine: the crop transform in place of `TopDownAffine` (the packed source's).
 
   Returns:
     IterDataset of dicts: image (B, H, W, 3) uint8 (config colour order), target
@@ -275,7 +277,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
   ds = train_samples(records, config, seed=seed, process_index=process_index,
                      process_count=process_count, num_epochs=num_epochs,
                      batch_size=batch_size, host_targets=host_targets,
-                     extra_fields=extra_fields, loader=loader)
+                     extra_fields=extra_fields, loader=loader, affine=affine)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
   it = ds.to_iter_dataset(_read_options(num_threads)).batch(1, batch_fn=StackSamples())
   return _prefetch(it, num_workers)

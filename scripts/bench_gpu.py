@@ -1,0 +1,315 @@
+"""One accelerator run for the speed claims of issue 12; prints one JSON line per figure.
+
+  scripts/bench_gpu.sh            # installs what is missing from .whl/, then runs both parts
+  python scripts/bench_gpu.py --part jax|torch [--smoke] [--deadline UNIX_TIME]
+
+Figures (`"figure"` key), in this order, each skipped (`"skipped": "time"`) once the deadline
+is near so that the run ends in time:
+  train_step    ResNet-50 + deconv head, 256x192, bf16, batch 64 and 256 per device, each
+                deconvolution form (`model.deconv_impl` transpose / subpixel), device-resident
+                batch (the step alone);
+  torch_step    the same network and batch in PyTorch: eager fp32, AMP bf16 + channels_last,
+                torch.compile + AMP (part `torch`, its own process so both frameworks do not
+                share the GPU memory);
+  end_to_end    the step fed by the grain pipeline, path full (decode + warp on the host),
+                packed (packed crops, host warp) and device (packed crops, warp in the step), at
+                8 and 16 workers: img/s and host CPU ms per image (parent + workers);
+  eval          boxes/s of the jitted predict function with the flip test (batch 64).
+Data: procedural people (data/synthetic.py) on 640x480 images, COCO-like sizes, packed with
+`sbpose_jax.pack`; nothing is faked. `--smoke` shrinks everything (ResNet-18 of width 8, 96x96,
+batch 2, 0/1 workers) so that the whole script runs on a CPU in about a minute (the test).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import numpy as np  # noqa: E402
+
+
+def emit(**fields) -> None:
+  print(json.dumps(fields), flush=True)
+
+
+class Budget:
+  """Skips figures once fewer than `need` seconds are left before the deadline."""
+
+  def __init__(self, deadline: float):
+    self.deadline = deadline
+
+  def allows(self, figure: str, need: float, **fields) -> bool:
+    if time.time() + need <= self.deadline:
+      return True
+    emit(figure=figure, skipped="time", **fields)
+    return False
+
+
+# ------------------------------------------------------------------------------------ PyTorch
+
+def _torch_model(depth_blocks, width: int, num_joints: int = 17):
+  """PoseResNet-50 in PyTorch (torchvision's Bottleneck layout, MSRA deconv head)."""
+  import torch.nn as nn  # pylint: disable=import-outside-toplevel
+
+  class Bottleneck(nn.Module):
+    def __init__(self, cin, mid, stride):
+      super().__init__()
+      out = mid * 4
+      self.body = nn.Sequential(
+          nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+          nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid),
+          nn.ReLU(inplace=True), nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
+      self.down = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                   if stride != 1 or cin != out else nn.Identity())
+      self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+      return self.relu(self.body(x) + self.down(x))
+
+  layers = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+  cin = width
+  for i, n in enumerate(depth_blocks):
+    for j in range(n):
+      layers.append(Bottleneck(cin, width * 2 ** i, 2 if (j == 0 and i > 0) else 1))
+      cin = width * 2 ** i * 4
+  head_c = 256 if width == 64 else 4 * width
+  for _ in range(3):
+    layers += [nn.ConvTranspose2d(cin, head_c, 4, 2, 1, bias=False), nn.BatchNorm2d(head_c),
+               nn.ReLU(inplace=True)]
+    cin = head_c
+  layers.append(nn.Conv2d(cin, num_joints, 1))
+  return nn.Sequential(*layers)
+
+
+def torch_part(args, budget: Budget) -> None:
+  import torch  # pylint: disable=import-outside-toplevel
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  emit(figure="header", part="torch", torch=torch.__version__, device=(
+      torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or "cpu"))
+  h, w = args.input_hw
+  for per_batch in args.batches:
+    for mode in ("eager_fp32", "amp_bf16_channels_last", "compile_amp_bf16"):
+      need = 90 if mode.startswith("compile") and not args.smoke else 15
+      if not budget.allows("torch_step", need, mode=mode, batch=per_batch):
+        continue
+      torch.manual_seed(0)
+      model = _torch_model(args.torch_blocks, args.width).to(dev)
+      amp = mode != "eager_fp32"
+      x = torch.randint(0, 256, (per_batch, 3, h, w), dtype=torch.uint8, device=dev)
+      target = torch.rand(per_batch, 17, h // 4, w // 4, device=dev)
+      if amp:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+      opt = torch.optim.Adam(model.parameters(), 5e-4)
+      mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1) * 255
+      std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1) * 255
+      fwd = model
+      if mode.startswith("compile"):
+        fwd = torch.compile(model, backend="eager" if args.smoke else "inductor")
+
+      def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+          out = fwd((x.float() - mean) / std)
+        loss = ((out.float() - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+      t0 = time.perf_counter()
+      for _ in range(1 + args.warmup):
+        step()
+      if dev == "cuda":
+        torch.cuda.synchronize()
+      warm_s = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      for _ in range(args.steps):
+        loss = step()
+      float(loss.detach())
+      dt = time.perf_counter() - t0
+      emit(figure="torch_step", mode=mode, batch=per_batch,
+           img_per_s=round(per_batch * args.steps / dt, 1),
+           ms_per_step=round(1e3 * dt / args.steps, 2), warmup_s=round(warm_s, 1))
+
+
+# ---------------------------------------------------------------------------------------- JAX
+
+def _config(args, *extra):
+  from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.load("coco_res50", list(args.overrides) + list(extra))
+
+
+def _settings(config, global_batch: int):
+  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  group = int(config.bn_group_size)
+  d = config.data
+  return train.StepSettings(0 if group >= global_batch else group, d.colour_order,
+                            d.colour_order, tuple(int(v) for v in d.heatmap_size),
+                            float(d.sigma), tuple(int(v) for v in d.input_size))
+
+
+def _state(config):
+  import jax  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import models, train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
+  model = models.build(config.model, 17)
+  tx, _ = train.make_optimizer(config, 1000)
+  hw = tuple(int(v) for v in config.data.input_size)[::-1]
+  return model, ts.create_train_state(model, tx, jax.random.PRNGKey(0), hw)
+
+
+def train_steps(args, budget: Budget) -> None:
+  import bench_train  # pylint: disable=import-outside-toplevel
+  for impl in ("transpose", "subpixel"):
+    for per_device in args.batches:
+      if budget.allows("train_step", 60 if not args.smoke else 5, deconv=impl,
+                       batch=per_device):
+        cfg = _config(args, f"--config.model.deconv_impl={impl}")
+        out = bench_train.bench_step(cfg, 1, per_device, args.steps, args.warmup)
+        emit(figure="train_step", deconv=impl, **out)
+
+
+def make_data(args, tmp: pathlib.Path):
+  """Synthetic people on 640x480 images, read as records and packed with sbpose_jax.pack."""
+  from sbpose_jax import pack as pack_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
+  t0 = time.perf_counter()
+  root = synthetic.generate(tmp / "syn", {"train": args.num_images, "val": 2}, seed=0,
+                            image_size=(640, 480))
+  over = [f"--config.data.root={root}", "--config.data.train_ann="
+          "annotations/person_keypoints_train.json", "--config.data.train_images=train"]
+  args.overrides = list(args.overrides) + over
+  cfg = _config(args)
+  records = readers.read_split(cfg.data, "train")
+  t1 = time.perf_counter()
+  meta = pack_lib.write_pack(records, cfg, "train", tmp / "pack", progress_bar=False)
+  emit(figure="data", images=args.num_images, instances=len(records),
+       generate_s=round(t1 - t0, 1), pack_s=round(time.perf_counter() - t1, 1),
+       pack_wh=meta["key"]["pack_wh"], cpus=os.cpu_count())
+  return records, tmp / "pack"
+
+
+def end_to_end(args, budget: Budget, records, pack_dir) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import bench_input  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import packed, pipeline  # pylint: disable=import-outside-toplevel
+  pipeline.prepare_multiprocessing()
+  b = args.batches[0]
+  virtual = records.select(np.arange(args.virtual_size) % len(records))
+  for path in ("full", "packed", "device"):
+    for workers in args.workers:
+      if not budget.allows("end_to_end", 45 if not args.smoke else 5, path=path,
+                           workers=workers):
+        continue
+      cfg = _config(args, f"--config.data.num_workers={workers}")
+      model, state = _state(cfg)
+      settings = _settings(cfg, b)
+      if path == "full":
+        ds = pipeline.train_dataset(virtual, cfg, batch_size=b, seed=0, host_targets=False)
+      else:
+        pack = packed.open_pack(pack_dir, cfg)
+        view = packed.Pack(pack.directory, "train", pack.records.select(
+            np.arange(args.virtual_size) % len(pack)), bench_input._ModSource(  # noqa
+                pack.source.data_source, args.virtual_size), pack.meta)
+        ds = packed.train_dataset(view, cfg, on_device=path == "device", batch_size=b, seed=0,
+                                  host_targets=False)
+      it = iter(ds)
+      keys = ("image", "joints") + (("warp_matrix",) if path == "device" else ())
+
+      def step(state, it=it, keys=keys, model=model, settings=settings):
+        local = next(it)
+        return train.train_step(state, jax.device_put({k: local[k] for k in keys}),
+                                model=model, settings=settings)
+
+      for _ in range(1 + args.warmup):
+        state, m = step(state)
+      jax.block_until_ready(m)
+      t0, c0 = time.perf_counter(), bench_input._cpu_seconds()  # noqa
+      for _ in range(args.e2e_steps):
+        state, m = step(state)
+      jax.block_until_ready(m)
+      dt, cpu = time.perf_counter() - t0, bench_input._cpu_seconds() - c0  # noqa
+      if hasattr(it, "close"):
+        it.close()
+      n = b * args.e2e_steps
+      emit(figure="end_to_end", path=path, workers=workers, batch=b,
+           img_per_s=round(n / dt, 1), host_cpu_ms_per_img=round(1e3 * cpu / n, 3))
+
+
+def evaluation(args, budget: Budget) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+  if not budget.allows("eval", 40 if not args.smoke else 5):
+    return
+  cfg = _config(args)
+  model, state = _state(cfg)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  predict = inference.make_predict_fn(model, variables, cfg)
+  b = args.eval_batch
+  w, h = cfg.data.input_size
+  rng = np.random.default_rng(0)
+  batch = dict(image=jax.device_put(rng.integers(0, 256, (b, h, w, 3), np.uint8)),
+               center=np.full((b, 2), 300, np.float32), scale=np.full((b, 2), 1.5, np.float32))
+  jax.block_until_ready(predict(batch))
+  t0 = time.perf_counter()
+  outs = [predict(batch) for _ in range(args.steps)]
+  jax.block_until_ready(outs)
+  emit(figure="eval", flip=bool(cfg.test.flip), batch=b,
+       boxes_per_s=round(b * args.steps / (time.perf_counter() - t0), 1))
+
+
+def jax_part(args, budget: Budget) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  train.init_distributed(mode="off")
+  emit(figure="header", part="jax", jax=jax.__version__, device=jax.devices()[0].device_kind,
+       platform=jax.devices()[0].platform, cpus=os.cpu_count())
+  train_steps(args, budget)
+  with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+    records, pack_dir = make_data(args, pathlib.Path(tmp))
+    end_to_end(args, budget, records, pack_dir)
+  evaluation(args, budget)
+
+
+SMOKE = ["--config.model.depth=18", "--config.model.width=8",
+         "--config.model.deconv_filters=(8,8,8)", "--config.model.dtype=float32",
+         "--config.data.input_size=(96,96)", "--config.data.heatmap_size=(24,24)",
+         "--config.bn_group_size=0", "--config.test.flip=True"]
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--part", choices=("jax", "torch"), required=True)
+  p.add_argument("--smoke", action="store_true", help="tiny sizes: a CPU check of the script")
+  p.add_argument("--deadline", type=float, default=0.0, help="UNIX time to end by")
+  args, overrides = p.parse_known_args(argv)
+  args.overrides = (SMOKE if args.smoke else []) + overrides
+  args.batches = [2] if args.smoke else [64, 256]
+  args.workers = [0, 1] if args.smoke else [8, 16]
+  args.steps, args.warmup = (1, 1) if args.smoke else (20, 3)
+  args.e2e_steps = 2 if args.smoke else 40
+  args.num_images = 4 if args.smoke else 200
+  args.virtual_size = 64 if args.smoke else 150_000
+  args.eval_batch = 2 if args.smoke else 64
+  args.input_hw = (96, 96) if args.smoke else (256, 192)
+  args.width = 8 if args.smoke else 64
+  args.torch_blocks = (1, 1, 1, 1) if args.smoke else (3, 4, 6, 3)
+  budget = Budget(args.deadline or time.time() + 480)
+  (jax_part if args.part == "jax" else torch_part)(args, budget)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  main()
