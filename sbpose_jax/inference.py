@@ -68,9 +68,10 @@ def flip_test_heatmaps(apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   Returns:
     (B, Hh, Wh, K) float32.
   """
-  b = x.shape[0]
   both = apply_fn(jnp.concatenate([x, x[:, :, ::-1, :]], axis=0)).astype(jnp.float32)
-  h1, h2 = both[:b], heatmaps_lib.flip_back_jnp(both[b:], flip_index, shift)
+  # A reshape rather than both[:b], both[b:]: it converts to ONNX with a symbolic batch.
+  both = both.reshape((2, x.shape[0]) + both.shape[1:])
+  h1, h2 = both[0], heatmaps_lib.flip_back_jnp(both[1], flip_index, shift)
   return (h1 + h2) * 0.5
 
 
