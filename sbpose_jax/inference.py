@@ -155,6 +155,11 @@ def make_predict_fn(model, variables, config, meta=None) -> PredictFn:
       over config.data.colour_order (the order the pipeline delivers).
   """
   settings = settings_from_config(config, meta, getattr(model, "num_joints", None))
+  return make_predict_fn_from_settings(model, variables, settings)
+
+
+def make_predict_fn_from_settings(model, variables, settings: InferenceSettings) -> PredictFn:
+  """`make_predict_fn` with the settings given directly (the Python API builds them itself)."""
   devices = jax.local_devices()
   batch_sharding = None
   if len(devices) > 1:
