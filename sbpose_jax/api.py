@@ -202,8 +202,13 @@ class PoseEstimator:
                      dataset: str | None = None, flip: bool = True, shift: bool = True,
                      decode: str = "default", blur_kernel: int = 11, data_order: str = "rgb",
                      padding: float = 1.25, vis_thr: float = 0.2,
-                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> "PoseEstimator":
-    """An estimator of a flax `model` and its `variables` (meta: a `saved_model.ModelMeta`)."""
+                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                     heatmap_wh: Sequence[int] | None = None) -> "PoseEstimator":
+    """An estimator of a flax `model` and its `variables` (meta: a `saved_model.ModelMeta`).
+
+    `heatmap_wh` (the size heatmap coordinates are scaled from) defaults to the network's
+    output size at `input_size`; configs state it as data.heatmap_size.
+    """
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
@@ -216,7 +221,8 @@ class PoseEstimator:
     settings = inference.InferenceSettings(
         flip=bool(flip), shift=bool(shift), decode=decode, blur_kernel=int(blur_kernel),
         flip_index=tuple(int(i) for i in keypoints.get(dataset).flip_index),
-        heatmap_wh=(int(out.shape[2]), int(out.shape[1])), data_order=data_order,
+        heatmap_wh=tuple(int(v) for v in heatmap_wh or (out.shape[2], out.shape[1])),
+        data_order=data_order,
         model_order=meta.colour_order)
     backend = inference.make_predict_fn_from_settings(model, variables, settings)
     return cls(backend, dataset=dataset, input_wh=(w, h), data_order=data_order,
@@ -236,7 +242,7 @@ class PoseEstimator:
         model, variables, meta, input_size=cfg.data.input_size, dataset=cfg.data.dataset,
         flip=t.flip, shift=t.shift_heatmap, decode=t.decode, blur_kernel=t.blur_kernel,
         data_order=cfg.data.colour_order, padding=cfg.data.padding, vis_thr=t.vis_thr,
-        batch_sizes=(int(t.batch_size),))
+        batch_sizes=(int(t.batch_size),), heatmap_wh=cfg.data.heatmap_size)
 
   @classmethod
   def _load_exported(cls, path: pathlib.Path, *, batch_sizes=DEFAULT_BATCH_SIZES,
