@@ -37,6 +37,7 @@ MAX_DSCORE = 1e-4
 SIDECAR_VERSION = 1
 INPUT_NAMES = ("crops", "center", "scale")
 OUTPUT_NAMES = ("keypoints", "scores")
+PLATFORMS = ("cpu", "cuda")   # StableHLO lowered for both: deployable on CPUs and NVIDIA GPUs
 
 
 def sidecar_path(path) -> pathlib.Path:
@@ -98,11 +99,13 @@ def _arg_specs(input_wh, coords: str, batch):
   return specs
 
 
-def to_stablehlo(fn, input_wh, coords: str) -> bytes:
-  """Serialized `jax.export.Exported` of `fn` with a symbolic batch "B" (any platform here)."""
+def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS) -> bytes:
+  """Serialized `jax.export.Exported` of `fn` with a symbolic batch "B", lowered for each of
+  `platforms` (the file then runs on any of them; lowering needs no such device here)."""
   import jax  # pylint: disable=import-outside-toplevel
   batch, = jax.export.symbolic_shape("B")
-  exported = jax.export.export(jax.jit(fn))(*_arg_specs(input_wh, coords, batch))
+  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
+      *_arg_specs(input_wh, coords, batch))
   return bytes(exported.serialize())
 
 
@@ -216,7 +219,7 @@ def sha256(data: bytes) -> str:
 # ----------------------------------------------------------------------------------- the sidecar
 
 def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data: bytes,
-             check: dict, opset: int | None) -> dict:
+             check: dict, opset: int | None, platforms: Sequence[str] = PLATFORMS) -> dict:
   """The json written beside the exported file: all a user of the file needs."""
   import jax  # pylint: disable=import-outside-toplevel
   import sbpose_jax  # pylint: disable=import-outside-toplevel
@@ -259,6 +262,8 @@ def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data
   }
   if fmt == "onnx":
     out["onnx_opset"] = opset
+  else:
+    out["platforms"] = list(platforms)
   return out
 
 
@@ -308,7 +313,8 @@ def load_exported(path) -> tuple[Callable, dict]:
 
 def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: str | None = None,
                  input_size: Sequence[int] | None = None, flip: bool = True,
-                 decode: str = "default", opset: int = 17, log=None) -> dict:
+                 decode: str = "default", opset: int = 17,
+                 platforms: Sequence[str] = PLATFORMS, log=None) -> dict:
   """Exports the model at `checkpoint`, checks it against JAX, writes `out` and `out`.json.
 
   Returns the description written. Raises ValueError (and writes nothing) when the exported
@@ -335,7 +341,7 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
   fn = keypoints_function(models.export_form(model), variables, settings, input_wh, coords)
   log(f"exporting {fmt} ({input_wh[0]}x{input_wh[1]}, {est.dataset}, coords {coords}, flip "
       f"{'on' if flip else 'off'}, decode {decode})")
-  data = to_stablehlo(fn, input_wh, coords) if fmt == "stablehlo" else to_onnx(
+  data = to_stablehlo(fn, input_wh, coords, platforms) if fmt == "stablehlo" else to_onnx(
       fn, input_wh, coords, opset)
   log(f"checking the export against JAX at batch sizes {list(CHECK_BATCHES)}")
   check = compare(runner(fmt, data, f"the new {fmt} export"), reference,
@@ -346,7 +352,7 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
         f"crop px, limit {MAX_DX_PX}; scores by {check['max_dscore']:.3g}, limit "
         f"{MAX_DSCORE}); nothing written")
   desc = describe(est.meta, settings, input_wh, est.dataset, fmt, coords, data, check,
-                  opset if fmt == "onnx" else None)
+                  opset if fmt == "onnx" else None, platforms)
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   for path, payload in ((out, data), (sidecar_path(out),
@@ -372,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-flip", action="store_true", help="leave the flip test out")
   p.add_argument("--decode", default="default", choices=("default", "unbiased"))
   p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+  p.add_argument("--platforms", default=",".join(PLATFORMS),
+                 help="StableHLO: platforms to lower for, comma-separated (default cpu,cuda; "
+                      "the check runs on this machine's)")
   return p
 
 
@@ -381,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     desc = export_model(args.checkpoint, args.format, args.out, coords=args.coords,
                         dataset=args.dataset, input_size=args.input_size, flip=not args.no_flip,
                         decode=args.decode, opset=args.opset,
+                        platforms=tuple(args.platforms.split(",")),
                         log=lambda m: print(m, file=sys.stderr))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
