@@ -1,4 +1,5 @@
 """The Python API: PoseEstimator against the evaluation pipeline, batching, inputs, drawing."""
+import pathlib
 import subprocess
 import sys
 
@@ -156,3 +157,31 @@ def test_load_refuses_what_is_not_a_pose_model(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="empty"):
     PoseEstimator.load(tmp_path / "empty")
+
+
+def test_evaluate_and_predict_give_the_same_keypoints(fixtures_dir, model_dir, tmp_path):
+  # Both commands on the same GT boxes (the boxes file holds the json's float64 values).
+  import json
+  from sbpose_jax import evaluate, predict
+  f = fixtures_dir / "coco"
+  evaluate.main(["--config", "coco_res50", "--checkpoint", str(model_dir), "--ann-file",
+                 str(f / "test_coco.json"), "--img-dir", str(f), "--gt-boxes", "--out-dir",
+                 str(tmp_path / "e"), "--batch-size", str(BATCH), "--quiet", *SMALL])
+  boxes, files = {}, {}
+  for image_id, name, box, _ in ref_boxes(fixtures_dir, None):
+    boxes.setdefault(name, []).append(box)
+    files[pathlib.Path(name).stem] = image_id
+  (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+  predict.main(["--config", "coco_res50", "--checkpoint", str(model_dir),
+                *[str(f / n) for n in boxes], "--boxes", str(tmp_path / "boxes.json"),
+                "--out-dir", str(tmp_path / "p"), "--batch-size", str(BATCH), *SMALL])
+  evaluated = json.loads((tmp_path / "e" / "keypoints.json").read_text())
+  predicted = json.loads((tmp_path / "p" / "predictions.json").read_text())["images"]
+  assert sum(len(p["instances"]) for p in predicted) == len(evaluated) > 5
+  for entry in predicted:
+    image_id = files[pathlib.Path(entry["file"]).stem]
+    want = sorted((r for r in evaluated if r["image_id"] == image_id), key=lambda r: r["score"])
+    got = sorted(entry["instances"], key=lambda r: r["score"])
+    assert [r["score"] for r in got] == [r["score"] for r in want]
+    for g, w in zip(got, want):   # predictions.json rounds to 3 decimals
+      np.testing.assert_allclose(np.asarray(g["keypoints"]).ravel(), w["keypoints"], atol=5e-4)
