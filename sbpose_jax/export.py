@@ -275,8 +275,11 @@ def read_sidecar(path) -> dict:
                             "`python -m sbpose_jax.export` is missing")
   try:
     desc = json.loads(side.read_text())
-    desc["input_size"], desc["format"], desc["coords"], desc["sha256"]  # pylint: disable=pointless-statement
-  except (ValueError, KeyError, TypeError) as e:
+    missing = [k for k in ("input_size", "format", "coords", "sha256", "joint_names", "crop",
+                           "dataset", "input_colour_order") if k not in desc]
+    if missing:
+      raise KeyError(f"no {', '.join(missing)}")
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f"{side}: not a valid export description ({e})") from None
   return desc
 
@@ -328,10 +331,10 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
     raise ValueError(f"--coords must be one of {COORDS}, got {coords!r}")
   if fmt == "onnx" and decode != "default":
     raise ValueError(
-        "--decode unbiased (DARK) is not exported to ONNX: jax2onnx converts it, but "
-        "onnxruntime's blur and Newton step differ from JAX's by up to tens of pixels where "
-        "the Hessian is nearly singular; export with --decode default, or use --format "
-        "stablehlo")
+        "--decode unbiased (DARK) is not exported to ONNX: jax2onnx converts it, but on "
+        "test heatmaps onnxruntime's result differed from JAX's by up to 44 heatmap pixels "
+        "(Newton steps on flat maps amplify float differences); export with --decode "
+        "default, or use --format stablehlo")
   log = log or (lambda msg: None)
   est = api.PoseEstimator.load(checkpoint, dataset=dataset, input_size=input_size, flip=flip,
                                decode=decode)

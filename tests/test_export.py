@@ -216,3 +216,11 @@ def test_onnx_equals_jax_without_jax(depth, tiny, tmp_path, fixture_crops):
     px = args[2].astype(np.float64) * 200 / 48
     assert np.max(np.abs(got["keypoints"] - want[0]) / px[:, None, :]) <= 1e-3
     assert np.max(np.abs(got["scores"] - want[1])) <= 1e-4
+
+
+def test_stablehlo_exports_dark_decoding(tiny, tmp_path):
+  pytest.importorskip("flatbuffers")
+  # export_model raises unless the file matches JAX's on-device DARK (decode_unbiased_jnp).
+  desc = export.export_model(tiny, "stablehlo", tmp_path / "dark.stablehlo", decode="unbiased",
+                             coords="crop", flip=False)
+  assert desc["decode"] == "unbiased" and desc["check"]["max_dx_px"] <= 1e-3
