@@ -99,10 +99,19 @@ def _arg_specs(input_wh, coords: str, batch):
   return specs
 
 
+def _need_flatbuffers() -> None:
+  try:
+    import flatbuffers  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise ValueError("StableHLO (de)serialization needs the flatbuffers package: "
+                     "pip install flatbuffers") from None
+
+
 def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS) -> bytes:
   """Serialized `jax.export.Exported` of `fn` with a symbolic batch "B", lowered for each of
   `platforms` (the file then runs on any of them; lowering needs no such device here)."""
   import jax  # pylint: disable=import-outside-toplevel
+  _need_flatbuffers()
   batch, = jax.export.symbolic_shape("B")
   exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
       *_arg_specs(input_wh, coords, batch))
@@ -130,6 +139,7 @@ def to_onnx(fn, input_wh, coords: str, opset: int = 17) -> bytes:
 def stablehlo_runner(data: bytes, where: str = "StableHLO file") -> Callable:
   """fn(*arrays) -> tuple of numpy arrays for serialized `jax.export` bytes."""
   import jax  # pylint: disable=import-outside-toplevel
+  _need_flatbuffers()
   try:
     exported = jax.export.deserialize(bytearray(data))
   except Exception as e:  # pylint: disable=broad-except

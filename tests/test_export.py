@@ -14,6 +14,12 @@ from sbpose_jax import PoseEstimator, export, models
 from test_api import save_tiny
 from test_evaluate import ref_boxes
 
+try:
+  import flatbuffers  # noqa: F401  (jax.export serialization)
+  HAS_FLATBUFFERS = True
+except ImportError:
+  HAS_FLATBUFFERS = False
+needs_flatbuffers = pytest.mark.skipif(not HAS_FLATBUFFERS, reason="flatbuffers not installed")
 FAST_COMPILE = {"xla_llvm_disable_expensive_passes": True, "xla_backend_optimization_level": 0}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +102,7 @@ def test_stablehlo_equals_jax_on_fixture_crops(tiny, stablehlo_file, fixture_cro
   assert check["max_dx_px"] <= 1e-3 and check["max_dscore"] <= 1e-4
 
 
+@needs_flatbuffers
 def test_stablehlo_crop_coords(tiny, tmp_path, fixture_crops):
   out = tmp_path / "crop.stablehlo"
   desc = export.export_model(tiny, "stablehlo", out, coords="crop", flip=False)
@@ -160,6 +167,7 @@ def test_refusals(tiny, stablehlo_file, tmp_path):
     PoseEstimator.load(tmp_path / "lonely.stablehlo")
 
 
+@needs_flatbuffers
 def test_a_mismatching_export_is_not_written(tiny, tmp_path, monkeypatch):
   real = export.keypoints_function
 
@@ -216,10 +224,16 @@ def test_onnx_equals_jax_without_jax(depth, tiny, tmp_path, fixture_crops):
     px = args[2].astype(np.float64) * 200 / 48
     assert np.max(np.abs(got["keypoints"] - want[0]) / px[:, None, :]) <= 1e-3
     assert np.max(np.abs(got["scores"] - want[1])) <= 1e-4
+  if depth == 18:   # PoseEstimator runs ONNX files too (through onnxruntime)
+    boxes = [[100, 50, 120, 300], [300, 40, 100, 250]]
+    got = PoseEstimator.load(out)(_fixture_image(), boxes)
+    want = PoseEstimator.load(model_dir)(_fixture_image(), boxes)
+    np.testing.assert_allclose(got.keypoints, want.keypoints, atol=1e-2)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
 
 
+@needs_flatbuffers
 def test_stablehlo_exports_dark_decoding(tiny, tmp_path):
-  pytest.importorskip("flatbuffers")
   # export_model raises unless the file matches JAX's on-device DARK (decode_unbiased_jnp).
   desc = export.export_model(tiny, "stablehlo", tmp_path / "dark.stablehlo", decode="unbiased",
                              coords="crop", flip=False)
