@@ -185,3 +185,10 @@ def test_evaluate_and_predict_give_the_same_keypoints(fixtures_dir, model_dir, t
     assert [r["score"] for r in got] == [r["score"] for r in want]
     for g, w in zip(got, want):   # predictions.json rounds to 3 decimals
       np.testing.assert_allclose(np.asarray(g["keypoints"]).ravel(), w["keypoints"], atol=5e-4)
+
+
+def test_docstring_example_runs():
+  import doctest
+  from sbpose_jax import api
+  result = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
+  assert result.attempted >= 8 and result.failed == 0
