@@ -125,15 +125,17 @@ def _dataset_of(meta, dataset: str | None) -> str:
 class PoseEstimator:
   """Top-down pose estimation of person boxes: `est(image, boxes) -> PoseResult`.
 
-  Example (a tiny untrained model, so it runs anywhere in seconds):
+  Example (a tiny model with constant weights, so it runs anywhere in seconds):
 
     >>> import numpy as np, jax, jax.numpy as jnp
     >>> from sbpose_jax import PoseEstimator, models, saved_model
     >>> net = models.PoseResNet(depth=18, num_joints=17, width=8, deconv_filters=(16,) * 3)
-    >>> variables = net.init(jax.random.key(0), jnp.zeros((1, 64, 48, 3)))
+    >>> shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 48, 3)))
+    >>> variables = jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32), shapes)
     >>> meta = saved_model.ModelMeta(depth=18, num_joints=17, width=8,
     ...                              deconv_filters=(16,) * 3, dataset="coco")
-    >>> est = PoseEstimator.from_variables(net, variables, meta, input_size=(48, 64))
+    >>> est = PoseEstimator.from_variables(net, variables, meta, input_size=(48, 64),
+    ...                                    batch_sizes=(2,))
     >>> image = np.zeros((120, 100, 3), np.uint8)
     >>> result = est(image, boxes=[[10, 10, 50, 90], [40, 5, 30, 60]])
     >>> result.keypoints.shape, result.scores.shape, result.instance_scores.shape
