@@ -26,7 +26,7 @@ import ml_collections
 
 from sbpose_jax import config as config_lib
 from sbpose_jax import evaluators
-from sbpose_jax import inference
+from sbpose_jax import api
 from sbpose_jax import saved_model
 from sbpose_jax import workdir
 from sbpose_jax.data import readers
@@ -145,9 +145,9 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
                      f"{sorted(evaluators.EVALUATORS)}")
   t0 = time.perf_counter()
   records = readers.read_split(cfg.data, "val")
-  variables, meta = workdir.load_model(checkpoint_path)
-  model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
-  predict = inference.make_predict_fn(model, variables, cfg, meta)
+  # The API's model and device path; the crops come from the evaluation pipeline (grain
+  # workers, sharded over processes), made by the same functions as the API's.
+  predict = api.PoseEstimator.from_config(cfg, checkpoint_path).backend
   evaluator = evaluators.EVALUATORS[eval_type](records, cfg)
   if progress:
     print(f"{len(records)} boxes in {records.num_images} images ({cfg.data.dataset}, "

@@ -178,14 +178,28 @@ def decode_default(heatmaps) -> tuple[np.ndarray, np.ndarray]:
   return preds.astype(np.float32), maxvals
 
 
+def _pick_jnp(flat: jax.Array, idx: jax.Array) -> jax.Array:
+  """flat[b, k, idx[b, k]] as a one-hot sum (exact: one non-zero term).
+
+  Gathers (`take_along_axis`) do not convert to ONNX with a symbolic batch (jax2onnx 0.17);
+  this form does, and costs B·K·H·W compares, nothing beside the network.
+  """
+  hot = jnp.arange(flat.shape[-1], dtype=jnp.int32) == idx[..., None].astype(jnp.int32)
+  return jnp.sum(jnp.where(hot, flat, 0.0), axis=-1)
+
+
 def _argmax_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
   """First argmax → ((B, K, 2) float32 x, y, −1 where maxval ≤ 0; (B, K) maxvals)."""
   b, h, w, k = heatmaps.shape
   flat = jnp.moveaxis(heatmaps.astype(jnp.float32), -1, 1).reshape(b, k, h * w)
   idx = jnp.argmax(flat, axis=2)                  # first maximum, as numpy
-  maxvals = jnp.take_along_axis(flat, idx[..., None], axis=2)[..., 0]
-  xy = jnp.stack([idx % w, idx // w], axis=-1)
-  return jnp.where((maxvals > 0.0)[..., None], xy, -1).astype(jnp.float32), maxvals
+  maxvals = _pick_jnp(flat, idx)
+  # Float floor division (exact: idx < 2**24 and 1/w far above float32 rounding): integer
+  # `%` and `//` do not convert to ONNX with a symbolic batch (ecosystem-notes §7).
+  fidx = idx.astype(jnp.float32)
+  y = jnp.floor(fidx / w)
+  xy = jnp.stack([fidx - y * w, y], axis=-1)
+  return jnp.where((maxvals > 0.0)[..., None], xy, -1.0), maxvals
 
 
 def decode_default_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -198,7 +212,7 @@ def decode_default_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
   cx, cy = jnp.where(inner, px, 2), jnp.where(inner, py, 2)
 
   def at(yy, xx):
-    return jnp.take_along_axis(flat, (yy * w + xx)[..., None], axis=2)[..., 0]
+    return _pick_jnp(flat, yy * w + xx)
   diff = jnp.stack([at(cy, cx + 1) - at(cy, cx - 1), at(cy + 1, cx) - at(cy - 1, cx)], axis=-1)
   return coords + jnp.where(inner[..., None], jnp.sign(diff) * 0.25, 0.0), maxvals
 
@@ -310,7 +324,7 @@ def decode_unbiased_jnp(heatmaps: jax.Array, kernel: int = 11) -> tuple[jax.Arra
   cx, cy = jnp.where(inner, px, 2), jnp.where(inner, py, 2)
 
   def at(dy, dx):
-    return jnp.take_along_axis(flat, ((cy + dy) * w + cx + dx)[..., None], axis=2)[..., 0]
+    return _pick_jnp(flat, (cy + dy) * w + cx + dx)
   c = at(0, 0)
   dx = 0.5 * (at(0, 1) - at(0, -1))
   dy = 0.5 * (at(1, 0) - at(-1, 0))

@@ -68,9 +68,10 @@ def flip_test_heatmaps(apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   Returns:
     (B, Hh, Wh, K) float32.
   """
-  b = x.shape[0]
   both = apply_fn(jnp.concatenate([x, x[:, :, ::-1, :]], axis=0)).astype(jnp.float32)
-  h1, h2 = both[:b], heatmaps_lib.flip_back_jnp(both[b:], flip_index, shift)
+  # A reshape rather than both[:b], both[b:]: it converts to ONNX with a symbolic batch.
+  both = both.reshape((2, x.shape[0]) + both.shape[1:])
+  h1, h2 = both[0], heatmaps_lib.flip_back_jnp(both[1], flip_index, shift)
   return (h1 + h2) * 0.5
 
 
@@ -154,6 +155,11 @@ def make_predict_fn(model, variables, config, meta=None) -> PredictFn:
       over config.data.colour_order (the order the pipeline delivers).
   """
   settings = settings_from_config(config, meta, getattr(model, "num_joints", None))
+  return make_predict_fn_from_settings(model, variables, settings)
+
+
+def make_predict_fn_from_settings(model, variables, settings: InferenceSettings) -> PredictFn:
+  """`make_predict_fn` with the settings given directly (the Python API builds them itself)."""
   devices = jax.local_devices()
   batch_sharding = None
   if len(devices) > 1:

@@ -20,12 +20,12 @@ import json
 import logging
 import pathlib
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from sbpose_jax import geometry, keypoints, saved_model, visualize, workdir
+from sbpose_jax import keypoints, saved_model, visualize, workdir
 from sbpose_jax import config as config_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -120,67 +120,32 @@ def read_boxes(path, images: Sequence[pathlib.Path], score_thr: float
   return out
 
 
-def _crops(images, boxes, cfg) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]]:
-  """(image number, crop, centre, scale, box score) per box; each image decoded once."""
-  from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
-  w_in, h_in = cfg.data.input_size
-  affine = transforms.TopDownAffine(cfg.data.input_size)
-  for n, (_, img) in enumerate(images):
-    for box, score in boxes[n]:
-      c, s = geometry.box_to_center_scale(np.asarray(box, np.float64), w_in / h_in,
-                                          cfg.data.padding)
-      crop = affine.map({"image": img, "center": c, "scale": s})["image"]
-      yield n, crop, c, s, score
+def predict_images(est, images, boxes, cfg, use_nms: bool = True):
+  """Per image: dict(bboxes (M, 4), scores (M,), box_scores (M,), keypoints (M, K, 3)).
 
-
-def batches(items: Iterator, batch_size: int) -> Iterator[dict]:
-  """Fixed-size batches (the last one padded, mask False) in the evaluation batch format."""
-  chunk = []
-  for item in items:
-    chunk.append(item)
-    if len(chunk) == batch_size:
-      yield _stack(chunk, batch_size)
-      chunk = []
-  if chunk:
-    yield _stack(chunk, batch_size)
-
-
-def _stack(chunk, batch_size: int) -> dict:
-  pad = batch_size - len(chunk)
-  chunk = chunk + [chunk[-1]] * pad
-  return dict(image=np.stack([c[1] for c in chunk]), center=np.stack([c[2] for c in chunk]),
-              scale=np.stack([c[3] for c in chunk]),
-              bbox_score=np.asarray([c[4] for c in chunk], np.float32),
-              index=np.asarray([c[0] for c in chunk], np.int32),
-              mask=np.arange(batch_size) < batch_size - pad)
-
-
-def predict_images(predict_fn, images, boxes, cfg, batch_size: int, use_nms: bool = True):
-  """Per image: dict(bboxes (M, 4), scores (M,), box_scores (M,), keypoints (M, K, 3))."""
+  `est` is the `api.PoseEstimator` (crops, batches, device); then rescoring and OKS-NMS.
+  """
   from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
   info = keypoints.get(cfg.data.dataset)
-  parts = {k: [] for k in ("index", "keypoints", "center", "scale", "bbox_score")}
-  for batch in batches(_crops(images, boxes, cfg), batch_size):
-    out = np.asarray(predict_fn(batch))
-    m = batch["mask"]
-    for k in parts:
-      parts[k].append(out[m] if k == "keypoints" else batch[k][m])
-  k = info.num_joints
-  p = {key: (np.concatenate(v) if v else np.zeros((0,) + ((k, 3) if key == "keypoints" else
-                                                          (2,) if key in ("center", "scale")
-                                                          else ()), np.float32))
-       for key, v in parts.items()}
-  flat_boxes = [b for n in range(len(images)) for b, _ in boxes[n]]
+  found = est.predict_batch([img for _, img in images],
+                            [np.asarray([b for b, _ in bx], np.float64).reshape(-1, 4)
+                             for bx in boxes],
+                            [np.asarray([s for _, s in bx], np.float64) for bx in boxes])
+  index = np.concatenate([np.full(len(r), n, np.int32) for n, r in enumerate(found)])
+  kpts = np.concatenate([r.keypoints_xys() for r in found]).reshape(-1, info.num_joints, 3)
+  box_scores = np.asarray([s for bx in boxes for _, s in bx], np.float32)
+  scale = np.concatenate([r.scale for r in found]).reshape(-1, 2)
+  flat_boxes = [b for bx in boxes for b, _ in bx]
   kept, scores = postprocess.rescore_and_nms(
-      p["index"], p["keypoints"], p["bbox_score"], postprocess.crop_areas(p["scale"]),
-      info.sigmas_array, cfg.test.vis_thr, cfg.test.oks_thr, use_nms)
+      index, kpts, box_scores, postprocess.crop_areas(scale), info.sigmas_array,
+      cfg.test.vis_thr, cfg.test.oks_thr, use_nms)
   result = [dict(bboxes=[], scores=[], box_scores=[], keypoints=[]) for _ in images]
-  for i, score in zip(kept, scores):
-    r = result[int(p["index"][i])]
+  for i in kept:   # `scores` has a row per instance; `kept` is in NMS order
+    r = result[int(index[i])]
     r["bboxes"].append(flat_boxes[i])
-    r["scores"].append(float(score))
-    r["box_scores"].append(float(p["bbox_score"][i]))
-    r["keypoints"].append(p["keypoints"][i])
+    r["scores"].append(float(scores[i]))
+    r["box_scores"].append(float(box_scores[i]))
+    r["keypoints"].append(kpts[i])
   return result
 
 
@@ -213,7 +178,7 @@ def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib
   return pngs
 
 
-def predict_video(predict_fn, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
+def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
                   use_nms: bool) -> pathlib.Path:
   """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json."""
   from sbpose_jax import video  # pylint: disable=import-outside-toplevel
@@ -226,8 +191,7 @@ def predict_video(predict_fn, path: pathlib.Path, cfg, out_dir, batch_size: int,
       imgs = [(pathlib.Path(f.name), _to_rgb(f.image, "bgr") if cfg.data.colour_order == "rgb"
                else f.image) for f in chunk]
       boxes = [[([0.0, 0.0, float(i.shape[1]), float(i.shape[0])], 1.0)] for _, i in imgs]
-      for (_, img), r in zip(imgs, predict_images(predict_fn, imgs, boxes, cfg, batch_size,
-                                                  use_nms)):
+      for (_, img), r in zip(imgs, predict_images(est, imgs, boxes, cfg, use_nms)):
         kp = np.asarray(r["keypoints"], np.float32).reshape(
             -1, keypoints.get(cfg.data.dataset).num_joints, 3)
         drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
@@ -253,7 +217,7 @@ def predict_video(predict_fn, path: pathlib.Path, cfg, out_dir, batch_size: int,
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
-  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import api  # pylint: disable=import-outside-toplevel
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
@@ -271,15 +235,13 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   boxes = [box_table[p.stem] if box_table is not None
            else [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
            for p, img in images]
-  variables, meta = workdir.load_model(checkpoint_path)
-  model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
-  predict_fn = inference.make_predict_fn(model, variables, cfg, meta)
-  results = predict_images(predict_fn, images, boxes, cfg,
-                           int(batch_size or cfg.test.batch_size), use_nms)
+  if batch_size:
+    cfg.test.batch_size = int(batch_size)
+  est = api.PoseEstimator.from_config(cfg, checkpoint_path)
+  results = predict_images(est, images, boxes, cfg, use_nms)
   written = write_outputs(out_dir, images, results, cfg, kpt_thr) if images else []
-  return written + [predict_video(predict_fn, v, cfg, out_dir,
-                                  int(batch_size or cfg.test.batch_size), kpt_thr, use_nms)
-                    for v in videos]
+  return written + [predict_video(est, v, cfg, out_dir, int(cfg.test.batch_size), kpt_thr,
+                                  use_nms) for v in videos]
 
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:

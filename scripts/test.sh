@@ -11,6 +11,9 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
 # The package and its test extra (quick when already satisfied).
 pip_install -e ".[test]"
+# jax2onnx (ONNX export tests) without its dependencies: it pins orbax-checkpoint<0.11.37; what
+# its conversion imports comes with the `export` extra (pyproject.toml).
+"$PY" -c "import jax2onnx" 2>/dev/null || pip_install --no-deps "jax2onnx==0.17.1"
 # xtcocotools (COCO-WholeBody and CrowdPose metrics): its wheel breaks under numpy 2, so build it
 # from source; a venv's setuptools 65 has no bdist_wheel, hence the upgrade first.
 if ! "$PY" -c "import xtcocotools.cocoeval" 2>/dev/null; then

@@ -5,10 +5,10 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from sbpose_jax.models.pose_resnet import PoseResNet, is_head_key
+from sbpose_jax.models.pose_resnet import PoseResNet, export_form, is_head_key
 from sbpose_jax.models.resnet import DEPTHS, ResNet
 
-__all__ = ["PoseResNet", "ResNet", "DEPTHS", "build", "is_head_key"]
+__all__ = ["PoseResNet", "ResNet", "DEPTHS", "build", "export_form", "is_head_key"]
 
 
 def build(model_config: Mapping[str, Any], num_joints: int, *, precision: Any = None,

@@ -18,7 +18,7 @@ from sbpose_jax.models import resnet
 # torch ConvTranspose2d (padding, output_padding) per kernel size, as in the reference head.
 DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
 HEAD_INIT = nn.initializers.normal(0.001)  # deconv and final conv weights N(0, 0.001^2)
-DECONV_IMPLS = ("transpose", "subpixel")
+DECONV_IMPLS = ("transpose", "subpixel", "dilated")
 
 
 def torch_deconv_padding(kernel: int) -> tuple[int, int]:
@@ -87,6 +87,31 @@ class Deconv(nn.Module):
     return y.reshape(b, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, out)
 
 
+class DilatedDeconv(nn.Module):
+  """A stride-2 transposed conv written as `lax.conv_general_dilated` with lhs dilation 2.
+
+  The same function and parameter (`kernel`, (k, k, out, in)) as nn.ConvTranspose with
+  transpose_kernel=True, which flips the kernel spatially and dilates the input. ONNX
+  converters that refuse `ConvTranspose(transpose_kernel=True)` (jax2onnx 0.17) export this
+  form exactly (ecosystem-notes §7); `export_form` uses it.
+  """
+  features: int
+  kernel_size: int = 4
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param("kernel", HEAD_INIT, (k, k, self.features, x.shape[-1]), jnp.float32)
+    rhs = jnp.swapaxes(kernel[::-1, ::-1], 2, 3).astype(self.dtype)      # HWIO
+    pad = deconv_padding(k)
+    return jax.lax.conv_general_dilated(x.astype(self.dtype), rhs, (1, 1), (pad, pad),
+                                        lhs_dilation=(2, 2),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=self.precision)
+
+
 class PoseResNet(nn.Module):
   """Simple Baselines pose network.
 
@@ -97,7 +122,9 @@ class PoseResNet(nn.Module):
     width: backbone base width (64 for every published model; see resnet.resnet_features).
     num_deconv_layers, deconv_filters, deconv_kernels: the head's transposed convs (stride 2).
     deconv_impl: how they are computed, the same function either way: "transpose"
-      (nn.ConvTranspose) or "subpixel" (`Deconv`, faster to train on CPUs).
+      (nn.ConvTranspose), "subpixel" (`Deconv`, faster to train on CPUs) or "dilated"
+      (`DilatedDeconv`, for ONNX export).
+    pool_impl: the stem's max pool, "window" or "pad" (the same function; "pad" for ONNX).
     final_conv_kernel: 1 or 3.
     dtype: compute dtype (params stay float32).
     precision: passed to every conv (e.g. "highest" to rule out TF32 on GPUs).
@@ -111,6 +138,7 @@ class PoseResNet(nn.Module):
   deconv_kernels: Sequence[int] = (4, 4, 4)
   final_conv_kernel: int = 1
   deconv_impl: str = "transpose"
+  pool_impl: str = "window"
   dtype: Any = jnp.float32
   precision: Any = None
 
@@ -134,11 +162,14 @@ class PoseResNet(nn.Module):
     self._check()
     conv, norm = resnet.layers(self.dtype, self.precision, train)
     x = resnet.resnet_features(x.astype(self.dtype), depth=self.depth, style=self.style,
-                               conv=conv, norm=norm, width=self.width)
+                               conv=conv, norm=norm, width=self.width,
+                               pool_impl=self.pool_impl)
     for i, (f, k) in enumerate(zip(self.deconv_filters, self.deconv_kernels)):
       name = f"deconv_layers_{3 * i}"
       if self.deconv_impl == "subpixel":
         x = Deconv(f, k, dtype=self.dtype, precision=self.precision, name=name)(x)
+      elif self.deconv_impl == "dilated":
+        x = DilatedDeconv(f, k, dtype=self.dtype, precision=self.precision, name=name)(x)
       else:
         pad = deconv_padding(k)
         x = nn.ConvTranspose(f, (k, k), (2, 2), padding=(pad, pad), transpose_kernel=True,
@@ -150,6 +181,12 @@ class PoseResNet(nn.Module):
                 kernel_init=HEAD_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype,
                 param_dtype=jnp.float32, precision=self.precision, name="final_layer")(x)
     return x.astype(jnp.float32)
+
+
+def export_form(model: PoseResNet) -> PoseResNet:
+  """The same network (same variables, same function) in the form ONNX converters export
+  exactly: pad + VALID max pool, deconvolutions as lax dilated convolutions."""
+  return model.clone(deconv_impl="dilated", pool_impl="pad")
 
 
 HEAD_PREFIXES = ("deconv_layers_", "final_layer")

@@ -101,7 +101,26 @@ def layers(dtype: Any, precision: Any, train: bool):
   return conv, norm
 
 
-def resnet_features(x, *, depth: int, style: str, conv, norm, width: int = 64):
+POOL_IMPLS = ("window", "pad")
+
+
+def max_pool_3x3_s2(x, impl: str = "window"):
+  """The stem's 3x3 stride-2 max pool with torch's padding 1 (padded cells never win).
+
+  "window" is `nn.max_pool` with explicit padding; "pad" pads with -inf and pools VALID: the
+  same function, written so that ONNX converters keep the padding (jax2onnx 0.17 silently drops
+  `nn.max_pool`'s explicit padding; ecosystem-notes §7).
+  """
+  if impl == "window":
+    return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+  if impl != "pad":
+    raise ValueError(f"max-pool impl must be one of {POOL_IMPLS}, got {impl!r}")
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+
+
+def resnet_features(x, *, depth: int, style: str, conv, norm, width: int = 64,
+                    pool_impl: str = "window"):
   """Stem + four stages, creating submodules in the calling module's `@nn.compact` scope.
 
   A function rather than a submodule, so the parameters sit at the top level of the caller
@@ -111,6 +130,7 @@ def resnet_features(x, *, depth: int, style: str, conv, norm, width: int = 64):
     x: (B, H, W, 3) normalised image.
     width: channels of the stem and the first stage (64 in every published ResNet); stage s
       has width * 2**(s-1) planes. Smaller values make thin ResNets for CPU demos and tests.
+    pool_impl: how the stem's max pool is written (`max_pool_3x3_s2`); the same function.
   Returns:
     (B, ceil(H/32), ceil(W/32), out_channels(depth)) C5 features.
   """
@@ -123,7 +143,7 @@ def resnet_features(x, *, depth: int, style: str, conv, norm, width: int = 64):
     raise ValueError(f"ResNet width must be positive, got {width}")
   x = conv(width, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
   x = nn.relu(norm(name="bn1")(x))
-  x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+  x = max_pool_3x3_s2(x, pool_impl)
   in_ch = width
   for stage, (planes, n) in enumerate(zip(STAGE_WIDTHS, counts), start=1):
     planes = planes * width // 64

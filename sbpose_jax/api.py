@@ -1,0 +1,364 @@
+"""Use a pose model in your own code: `PoseEstimator` (load, call, draw).
+
+  >>> from sbpose_jax import PoseEstimator
+  >>> est = PoseEstimator.load("models/coco_res50")          # doctest: +SKIP
+  >>> result = est("photo.jpg", boxes=[[120, 40, 180, 420]])  # doctest: +SKIP
+  >>> result.keypoints.shape, result.scores.shape              # doctest: +SKIP
+  ((1, 17, 2), (1, 17))
+  >>> picture = est.draw("photo.jpg", result)                 # doctest: +SKIP
+
+`load` takes a saved model (converted or trained), a training workdir, or a file written by
+`python -m sbpose_jax.export` (StableHLO; ONNX too when onnxruntime is installed). Images are
+RGB uint8 (H, W, 3) arrays or image file paths; boxes are person boxes x, y, w, h in pixels
+(None: the whole image is one box). Crops are made exactly as `evaluate` makes them
+(`geometry.box_to_center_scale` with the 2020 readers' float64 steps, `TopDownAffine`), so
+the same box gives the same keypoints in both. Batches are padded to a few compiled sizes; the
+flip test and 'default' decoding run on the device ('unbiased' / DARK on the host, as evaluate).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from sbpose_jax import geometry, keypoints
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_INPUT_WH = (192, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseResult:
+  """The poses found in one image, one row per box.
+
+  Attributes:
+    keypoints: (N, K, 2) float32 joint x, y in image pixels.
+    scores: (N, K) float32 joint confidences (heatmap maxima).
+    instance_scores: (N,) float32 box score × mean joint score above `vis_thr` (the
+      rescoring of evaluation; 0 when no joint passes).
+    boxes: (N, 4) float64 the boxes x, y, w, h the poses were predicted in.
+    center, scale: (N, 2) float32 the crops' centre and size / 200 px.
+  """
+  keypoints: np.ndarray
+  scores: np.ndarray
+  instance_scores: np.ndarray
+  boxes: np.ndarray
+  center: np.ndarray
+  scale: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.keypoints)
+
+  def keypoints_xys(self) -> np.ndarray:
+    """(N, K, 3) x, y, score: the layout of COCO results files and `visualize.draw_poses`."""
+    return np.concatenate([self.keypoints, self.scores[..., None]], axis=-1)
+
+
+def read_image(image) -> np.ndarray:
+  """An RGB uint8 (H, W, 3) array from an array or an image file path (FileNotFoundError)."""
+  if isinstance(image, (str, pathlib.Path)):
+    from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    if not pathlib.Path(image).is_file():
+      raise FileNotFoundError(f"image file not found: {image}")
+    try:
+      return pipeline.decode_image(str(image), "rgb")
+    except pipeline.BadImageError as e:
+      raise ValueError(str(e)) from None
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"image must be an (H, W, 3) uint8 RGB array or a path, got "
+                     f"{image.dtype} {image.shape}")
+  return image
+
+
+def _boxes(boxes, image: np.ndarray) -> np.ndarray:
+  if boxes is None:
+    return np.asarray([[0.0, 0.0, image.shape[1], image.shape[0]]], np.float64)
+  out = np.asarray(boxes, np.float64)
+  if out.size == 0:
+    return np.zeros((0, 4), np.float64)
+  if out.ndim == 1:
+    out = out[None]
+  if out.ndim != 2 or out.shape[1] != 4 or not np.isfinite(out).all():
+    raise ValueError(f"boxes must be (N, 4) finite x, y, w, h, got shape {np.shape(boxes)}")
+  if (out[:, 2:] <= 0).any():
+    raise ValueError("boxes must have positive width and height")
+  return out
+
+
+def _input_size_of(path: pathlib.Path, meta) -> tuple[int, int] | None:
+  """The crop size a model was trained at: its training config, else its name ("256x192")."""
+  import json  # pylint: disable=import-outside-toplevel
+  for folder in (path, path.parent):
+    cfg = folder / "config.json"
+    if cfg.is_file():
+      try:
+        return tuple(int(v) for v in json.loads(cfg.read_text())["data"]["input_size"])
+      except (ValueError, KeyError, TypeError):
+        pass
+  found = re.search(r"(\d{2,4})x(\d{2,4})", f"{meta.source} {path.name}")
+  if found:
+    h, w = int(found.group(1)), int(found.group(2))
+    return (w, h)
+  return None
+
+
+def _dataset_of(meta, dataset: str | None) -> str:
+  name = dataset or meta.dataset
+  if not name:
+    matches = [k for k, v in keypoints.DATASETS.items() if v.num_joints == meta.num_joints]
+    if not matches:
+      raise ValueError(f"the model predicts {meta.num_joints} joints, which no known dataset "
+                       "has; pass dataset=...")
+    name = "coco" if "coco" in matches else matches[0]
+  info = keypoints.get(name)
+  if info.num_joints != meta.num_joints:
+    raise ValueError(f"the model predicts {meta.num_joints} joints but dataset {name!r} has "
+                     f"{info.num_joints}")
+  return name
+
+
+class PoseEstimator:
+  """Top-down pose estimation of person boxes: `est(image, boxes) -> PoseResult`.
+
+  Example (a tiny model with constant weights, so it runs anywhere in seconds):
+
+    >>> import numpy as np, jax, jax.numpy as jnp
+    >>> from sbpose_jax import PoseEstimator, models, saved_model
+    >>> net = models.PoseResNet(depth=18, num_joints=17, width=8, deconv_filters=(16,) * 3)
+    >>> shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 48, 3)))
+    >>> variables = jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32), shapes)
+    >>> meta = saved_model.ModelMeta(depth=18, num_joints=17, width=8,
+    ...                              deconv_filters=(16,) * 3, dataset="coco")
+    >>> est = PoseEstimator.from_variables(net, variables, meta, input_size=(48, 64),
+    ...                                    batch_sizes=(2,))
+    >>> image = np.zeros((120, 100, 3), np.uint8)
+    >>> result = est(image, boxes=[[10, 10, 50, 90], [40, 5, 30, 60]])
+    >>> result.keypoints.shape, result.scores.shape, result.instance_scores.shape
+    ((2, 17, 2), (2, 17), (2,))
+  """
+
+  def __init__(self, backend: Callable[[dict], Any], *, dataset: str, input_wh: Sequence[int],
+               data_order: str = "rgb", padding: float = 1.25,
+               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, vis_thr: float = 0.2,
+               model=None, variables=None, settings=None, meta=None, description=None):
+    """Most users call `load`. `backend(batch) -> (B, K, 3)` takes eval-style batches
+    (`image` (B, H, W, 3) uint8 in `data_order`, `center`, `scale` (B, 2) float32)."""
+    if not batch_sizes or min(batch_sizes) < 1:
+      raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    self.backend = backend
+    self.dataset = dataset
+    self.info = keypoints.get(dataset)
+    self.input_wh = (int(input_wh[0]), int(input_wh[1]))
+    self.data_order = data_order
+    self.padding = float(padding)
+    self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
+    self.vis_thr = float(vis_thr)
+    self.model, self.variables, self.settings, self.meta = model, variables, settings, meta
+    self.description = description  # the export's json, for exported files
+
+  # ------------------------------------------------------------------------------- loading
+
+  @classmethod
+  def load(cls, path, *, dataset: str | None = None, input_size: Sequence[int] | None = None,
+           flip: bool = True, decode: str = "default", dtype: str = "float32",
+           batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, **kwargs) -> "PoseEstimator":
+    """A saved model or training workdir (directory), or an exported file.
+
+    Args:
+      path: saved model directory, training workdir, or a `python -m sbpose_jax.export`
+        file (.stablehlo or .onnx with its .json beside it).
+      dataset: joint set (default: the model's meta.json; 17 joints → "coco").
+      input_size: crop (W, H) (default: the workdir's config, else "HxW" in the model's name,
+        else 192x256). Exported files carry theirs.
+      flip, decode: test-time flip and decoding ("default" or "unbiased"); exported files
+        carry theirs.
+      dtype: compute dtype of a saved model ("float32": published numbers; "bfloat16").
+      batch_sizes: compiled batch sizes; calls are padded up to one or split by the largest.
+      **kwargs: passed to `from_variables` (shift, blur_kernel, data_order, padding, vis_thr).
+    """
+    path = pathlib.Path(path)
+    if path.is_file():
+      return cls._load_exported(path, batch_sizes=batch_sizes, **kwargs)
+    from sbpose_jax import saved_model, workdir  # pylint: disable=import-outside-toplevel
+    variables, meta = workdir.load_model(path)
+    if meta.backbone_only or meta.num_joints == 0:
+      raise ValueError(f"{path} is a backbone without a pose head; it cannot predict poses")
+    if input_size is None:
+      input_size = _input_size_of(path, meta)
+      if input_size is None:
+        logging.warning("%s: crop size unknown (no training config, no 'HxW' in its name); "
+                        "using %dx%d (W x H): pass input_size=(W, H) if it differs",
+                        path, *DEFAULT_INPUT_WH)
+        input_size = DEFAULT_INPUT_WH
+    model = saved_model.build_model(meta, dtype)
+    return cls.from_variables(model, variables, meta, dataset=dataset, input_size=input_size,
+                              flip=flip, decode=decode, batch_sizes=batch_sizes, **kwargs)
+
+  @classmethod
+  def from_variables(cls, model, variables, meta, *, input_size: Sequence[int],
+                     dataset: str | None = None, flip: bool = True, shift: bool = True,
+                     decode: str = "default", blur_kernel: int = 11, data_order: str = "rgb",
+                     padding: float = 1.25, vis_thr: float = 0.2,
+                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                     heatmap_wh: Sequence[int] | None = None) -> "PoseEstimator":
+    """An estimator of a flax `model` and its `variables` (meta: a `saved_model.ModelMeta`).
+
+    `heatmap_wh` (the size heatmap coordinates are scaled from) defaults to the network's
+    output size at `input_size`; configs state it as data.heatmap_size.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+    dataset = _dataset_of(meta, dataset)
+    if decode not in ("default", "unbiased"):
+      raise ValueError(f"decode must be 'default' or 'unbiased', got {decode!r}")
+    w, h = (int(v) for v in input_size)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                         jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+    settings = inference.InferenceSettings(
+        flip=bool(flip), shift=bool(shift), decode=decode, blur_kernel=int(blur_kernel),
+        flip_index=tuple(int(i) for i in keypoints.get(dataset).flip_index),
+        heatmap_wh=tuple(int(v) for v in heatmap_wh or (out.shape[2], out.shape[1])),
+        data_order=data_order,
+        model_order=meta.colour_order)
+    backend = inference.make_predict_fn_from_settings(model, variables, settings)
+    return cls(backend, dataset=dataset, input_wh=(w, h), data_order=data_order,
+               padding=padding, batch_sizes=batch_sizes, vis_thr=vis_thr, model=model,
+               variables=variables, settings=settings, meta=meta)
+
+  @classmethod
+  def from_config(cls, cfg, path) -> "PoseEstimator":
+    """What `evaluate` and `predict` use: the config's test settings, crop size and colours;
+    batches of exactly config.test.batch_size."""
+    from sbpose_jax import saved_model, workdir  # pylint: disable=import-outside-toplevel
+    variables, meta = workdir.load_model(path)
+    saved_model.check_fits(meta, cfg.data.dataset, path)
+    model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
+    t = cfg.test
+    return cls.from_variables(
+        model, variables, meta, input_size=cfg.data.input_size, dataset=cfg.data.dataset,
+        flip=t.flip, shift=t.shift_heatmap, decode=t.decode, blur_kernel=t.blur_kernel,
+        data_order=cfg.data.colour_order, padding=cfg.data.padding, vis_thr=t.vis_thr,
+        batch_sizes=(int(t.batch_size),), heatmap_wh=cfg.data.heatmap_size)
+
+  @classmethod
+  def _load_exported(cls, path: pathlib.Path, *, batch_sizes=DEFAULT_BATCH_SIZES,
+                     data_order: str = "rgb", padding: float | None = None,
+                     vis_thr: float = 0.2) -> "PoseEstimator":
+    from sbpose_jax import export  # pylint: disable=import-outside-toplevel
+    run, desc = export.load_exported(path)
+    wh = np.asarray(desc["input_size"], np.float32)
+    image_coords = desc["coords"] == "image"
+    flip_channels = data_order != desc["input_colour_order"]
+
+    def backend(batch):
+      crops = np.asarray(batch["image"])
+      crops = np.ascontiguousarray(crops[..., ::-1]) if flip_channels else crops
+      center = np.asarray(batch["center"], np.float32)
+      scale = np.asarray(batch["scale"], np.float32)
+      xy, scores = run(crops, center, scale) if image_coords else run(crops)
+      if not image_coords:  # crop pixels → image pixels (the crop spans scale·200 px)
+        size = scale * np.float32(geometry.PIXEL_STD)
+        xy = xy * (size / wh)[:, None] + (center - size * np.float32(0.5))[:, None]
+      return np.concatenate([xy, scores[..., None]], axis=-1).astype(np.float32)
+    return cls(backend, dataset=desc["dataset"], input_wh=desc["input_size"],
+               data_order=data_order, padding=desc["crop"]["padding"] if padding is None
+               else padding, batch_sizes=batch_sizes, vis_thr=vis_thr, description=desc)
+
+  # ----------------------------------------------------------------------------- predicting
+
+  def crops(self, image: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crops (N, H, W, 3) uint8, center (N, 2), scale (N, 2)) of `boxes` in `image`.
+
+    The numerics of evaluation records (float64 box and aspect ratio, the 2020 readers'
+    /200) and of the evaluation pipeline's `TopDownAffine`.
+    """
+    from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
+    boxes = _boxes(boxes, image)
+    w, h = self.input_wh
+    center, scale = geometry.box_to_center_scale(boxes, w / h, self.padding,
+                                                 divide_in_float64=True)
+    affine = transforms.TopDownAffine(self.input_wh)
+    crops = [affine.map({"image": image, "center": c, "scale": s})["image"]
+             for c, s in zip(center, scale)]
+    crops = np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8)
+    return crops, center.reshape(-1, 2), scale.reshape(-1, 2)
+
+  def _batch_size(self, n: int) -> int:
+    return next((b for b in self.batch_sizes if b >= n), self.batch_sizes[-1])
+
+  def predict_crops(self, crops: np.ndarray, center: np.ndarray, scale: np.ndarray
+                    ) -> np.ndarray:
+    """(N, K, 3) image x, y, score for crops made by `crops` (any N; padded per batch)."""
+    n, k = len(crops), self.info.num_joints
+    out = []
+    start = 0
+    while start < n:
+      size = self._batch_size(n - start)
+      stop = min(n, start + size)
+      pad = size - (stop - start)
+      take = np.r_[np.arange(start, stop), np.full(pad, stop - 1)]
+      batch = {"image": crops[take], "center": np.asarray(center, np.float32)[take],
+               "scale": np.asarray(scale, np.float32)[take]}
+      out.append(np.asarray(self.backend(batch), np.float32)[:stop - start])
+      start = stop
+    return np.concatenate(out) if out else np.zeros((0, k, 3), np.float32)
+
+  def __call__(self, image, boxes=None, box_scores=None) -> PoseResult:
+    """Poses in one image.
+
+    Args:
+      image: (H, W, 3) uint8 RGB array, or an image file path.
+      boxes: (N, 4) person boxes x, y, w, h in pixels; None: the whole image.
+      box_scores: (N,) detector scores for `instance_scores` (default 1).
+    """
+    return self.predict_batch([image], [boxes], None if box_scores is None else [box_scores])[0]
+
+  def predict_batch(self, images: Iterable, boxes: Sequence | None = None,
+                    box_scores: Sequence | None = None) -> list[PoseResult]:
+    """Poses in many images at once (the boxes of all images share batches).
+
+    Args:
+      images: sequence of (H, W, 3) uint8 RGB arrays or paths.
+      boxes: one (N_i, 4) array (or None: whole image) per image; None: whole images.
+      box_scores: one (N_i,) array per image, or None.
+    """
+    images = list(images)
+    boxes = [None] * len(images) if boxes is None else list(boxes)
+    if len(boxes) != len(images):
+      raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+    parts, used = [], []
+    for image, b in zip(images, boxes):
+      image = read_image(image)
+      used.append(_boxes(b, image))
+      parts.append(self.crops(image, used[-1]))
+    crops, center, scale = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    kpts = self.predict_crops(crops, center, scale)
+    results, start = [], 0
+    for i, b in enumerate(used):
+      n = len(b)
+      scores = (np.ones(n) if box_scores is None or box_scores[i] is None
+                else np.asarray(box_scores[i], np.float64).reshape(n))
+      results.append(self._result(kpts[start:start + n], scores, b, center[start:start + n],
+                                  scale[start:start + n]))
+      start += n
+    return results
+
+  def _result(self, kpts, box_scores, boxes, center, scale) -> PoseResult:
+    from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
+    inst = postprocess.rescore(kpts[..., 2], box_scores, self.vis_thr).astype(np.float32)
+    return PoseResult(keypoints=kpts[..., :2].copy(), scores=kpts[..., 2].copy(),
+                      instance_scores=inst, boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
+                      center=center, scale=scale)
+
+  def draw(self, image, result: PoseResult, kpt_thr: float = 0.05) -> np.ndarray:
+    """A copy of `image` (RGB array or path) with `result`'s skeletons and boxes drawn (RGB)."""
+    from sbpose_jax import visualize  # pylint: disable=import-outside-toplevel
+    return visualize.draw_poses(read_image(image), result.keypoints_xys(), self.dataset,
+                                boxes=result.boxes, scores=result.instance_scores,
+                                kpt_thr=kpt_thr)
