@@ -238,8 +238,8 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   if batch_size:
     cfg.test.batch_size = int(batch_size)
   est = api.PoseEstimator.from_config(cfg, checkpoint_path)
-  results = predict_images(est, images, boxes, cfg, use_nms)
-  written = write_outputs(out_dir, images, results, cfg, kpt_thr) if images else []
+  written = (write_outputs(out_dir, images, predict_images(est, images, boxes, cfg, use_nms),
+                           cfg, kpt_thr) if images else [])
   return written + [predict_video(est, v, cfg, out_dir, int(cfg.test.batch_size), kpt_thr,
                                   use_nms) for v in videos]
 
