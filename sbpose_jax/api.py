@@ -232,9 +232,10 @@ class PoseEstimator:
                variables=variables, settings=settings, meta=meta)
 
   @classmethod
-  def from_config(cls, cfg, path) -> "PoseEstimator":
-    """What `evaluate` and `predict` use: the config's test settings, crop size and colours;
-    batches of exactly config.test.batch_size."""
+  def from_config(cls, cfg, path, batch_sizes: Sequence[int] | None = None
+                  ) -> "PoseEstimator":
+    """What `evaluate`, `predict` and `track` use: the config's test settings, crop size and
+    colours; batches of exactly config.test.batch_size unless `batch_sizes` says otherwise."""
     from sbpose_jax import saved_model, workdir  # pylint: disable=import-outside-toplevel
     variables, meta = workdir.load_model(path)
     saved_model.check_fits(meta, cfg.data.dataset, path)
@@ -244,7 +245,8 @@ class PoseEstimator:
         model, variables, meta, input_size=cfg.data.input_size, dataset=cfg.data.dataset,
         flip=t.flip, shift=t.shift_heatmap, decode=t.decode, blur_kernel=t.blur_kernel,
         data_order=cfg.data.colour_order, padding=cfg.data.padding, vis_thr=t.vis_thr,
-        batch_sizes=(int(t.batch_size),), heatmap_wh=cfg.data.heatmap_size)
+        batch_sizes=tuple(batch_sizes or (int(t.batch_size),)),
+        heatmap_wh=cfg.data.heatmap_size)
 
   @classmethod
   def _load_exported(cls, path: pathlib.Path, *, batch_sizes=DEFAULT_BATCH_SIZES,

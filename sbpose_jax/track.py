@@ -100,48 +100,31 @@ def read_boxes(path: str, source) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 # Poses: one jitted batch per frame, the evaluation's numerics
 # ----------------------------------------------------------------------------------------------
 
-def _bucket(n: int) -> int:
-  """Batch sizes padded to powers of two: few compilations, little waste."""
-  return 1 << max(0, (n - 1).bit_length())
+# Few compilations, little waste: a frame's boxes are padded to the next of these.
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 class PoseModel:
-  """`PoseModel(cfg, checkpoint)(frame_bgr, boxes_xyxy, scores)` → (N, K, 3) image x, y, score."""
+  """`PoseModel(cfg, checkpoint)(frame_bgr, boxes_xyxy, scores)` → (N, K, 3) image x, y, score.
+
+  Through `api.PoseEstimator`: the crops, batches and test-time numerics of `evaluate`.
+  """
 
   def __init__(self, cfg, checkpoint_path):
-    # pylint: disable-next=import-outside-toplevel
-    from sbpose_jax import geometry, inference, saved_model, workdir
-    from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
-    # A saved model or a training workdir (its best / last model), as evaluate and predict.
-    saved_model.check_fits(workdir.read_meta(checkpoint_path), cfg.data.dataset,
-                           checkpoint_path)
-    variables, meta = workdir.load_model(checkpoint_path)
-    info = keypoints.get(cfg.data.dataset)
-    model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
-    self.predict = inference.make_predict_fn(model, variables, cfg, meta)
-    self.geometry, self.cfg = geometry, cfg
-    self.affine = transforms.TopDownAffine(cfg.data.input_size)
-    self.num_joints = info.num_joints
+    from sbpose_jax import api  # pylint: disable=import-outside-toplevel  # JAX: not for --help
+    self.est = api.PoseEstimator.from_config(cfg, checkpoint_path, batch_sizes=BATCH_SIZES)
+    self.colour_order = cfg.data.colour_order
+    self.num_joints = keypoints.get(cfg.data.dataset).num_joints
 
   def __call__(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    n = len(boxes)
-    if n == 0:
+    del scores  # the tracker rescoring uses them; the poses do not
+    if len(boxes) == 0:
       return np.zeros((0, self.num_joints, 3), np.float32)
-    img = frame_bgr if self.cfg.data.colour_order == "bgr" else cv2.cvtColor(
-        frame_bgr, cv2.COLOR_BGR2RGB)
-    w_in, h_in = self.cfg.data.input_size
-    crops, centers, scales = [], [], []
-    for x1, y1, x2, y2 in np.asarray(boxes, np.float64):
-      c, s = self.geometry.box_to_center_scale(np.array([x1, y1, x2 - x1, y2 - y1]),
-                                               w_in / h_in, self.cfg.data.padding)
-      crops.append(self.affine.map({"image": img, "center": c, "scale": s})["image"])
-      centers.append(c)
-      scales.append(s)
-    b = _bucket(n)
-    pad = lambda x: np.concatenate([np.stack(x)] + [np.stack(x)[-1:]] * (b - n))  # noqa: E731
-    batch = dict(image=pad(crops), center=pad(centers).astype(np.float32),
-                 scale=pad(scales).astype(np.float32))
-    return np.asarray(self.predict(batch))[:n]
+    img = frame_bgr if self.colour_order == "bgr" else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    xyxy = np.asarray(boxes, np.float64).reshape(-1, 4)
+    crops, center, scale = self.est.crops(img, np.concatenate([xyxy[:, :2],
+                                                              xyxy[:, 2:] - xyxy[:, :2]], 1))
+    return self.est.predict_crops(crops, center, scale)
 
 
 # ----------------------------------------------------------------------------------------------
