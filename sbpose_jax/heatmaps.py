@@ -7,14 +7,16 @@ joint whose window is only partly (or not at all) inside the map.
 
 Decoding is MMPose's `keypoints_from_heatmaps` before the image transform: 'default' (first
 argmax + a quarter-pixel step towards the higher neighbour) and 'unbiased' (DARK: Gaussian blur,
-log, one Newton step). Flip test helpers: `flip_back` (+ the one-pixel shift). Heatmaps are NHWC:
-(B, H, W, K). numpy versions for the host, jnp versions (`*_jnp`) for use inside jit.
+log, one Newton step). Flip test: `flip_back_jnp` (+ the one-pixel shift). Heatmaps are NHWC:
+(B, H, W, K). 'default' decoding runs on the device (`decode_default_jnp`), 'unbiased' on the
+host (`decode_unbiased`, with cv2's blur).
 """
 from __future__ import annotations
 
 import functools
 from typing import Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,32 +154,6 @@ def _check_nhwc(heatmaps) -> None:
     raise ValueError(f"heatmaps must be (B, H, W, K), got shape {np.shape(heatmaps)}")
 
 
-def decode_default(heatmaps) -> tuple[np.ndarray, np.ndarray]:
-  """'default' decoding: first argmax + 0.25·sign of the neighbour difference (§5.2).
-
-  The step applies iff `1 < x < W−1 and 1 < y < H−1` (integer argmax), per axis with sign(0)=0;
-  maps whose maximum is ≤ 0 decode to (−1, −1), as MMPose.
-
-  Args:
-    heatmaps: (B, H, W, K).
-  Returns:
-    coords (B, K, 2) float32 heatmap x, y; maxvals (B, K) float32.
-  """
-  _check_nhwc(heatmaps)
-  preds, maxvals, hm = _max_preds(heatmaps)
-  _, _, h, w = hm.shape
-  px, py = preds[..., 0].astype(np.int64), preds[..., 1].astype(np.int64)
-  inner = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
-  cx, cy = np.where(inner, px, 2), np.where(inner, py, 2)
-
-  def at(yy, xx):
-    return np.take_along_axis(hm.reshape(hm.shape[:2] + (-1,)), (yy * w + xx)[..., None],
-                              axis=2)[..., 0]
-  diff = np.stack([at(cy, cx + 1) - at(cy, cx - 1), at(cy + 1, cx) - at(cy - 1, cx)], axis=-1)
-  preds = preds + np.where(inner[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
-  return preds.astype(np.float32), maxvals
-
-
 def _argmax_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
   """First argmax → ((B, K, 2) float32 x, y, −1 where maxval ≤ 0; (B, K) maxvals)."""
   b, h, w, k = heatmaps.shape
@@ -189,7 +165,12 @@ def _argmax_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def decode_default_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`decode_default` in jnp, for use inside jit: (B, H, W, K) → ((B, K, 2), (B, K))."""
+  """'default' decoding inside jit: first argmax + 0.25·sign of the neighbour difference.
+
+  (§5.2) The step applies iff `1 < x < W−1 and 1 < y < H−1` (integer argmax), per axis with
+  sign(0) = 0; maps whose maximum is ≤ 0 decode to (−1, −1), as MMPose.
+  (B, H, W, K) → ((B, K, 2) heatmap x, y, (B, K) maxvals).
+  """
   b, h, w, k = heatmaps.shape
   flat = jnp.moveaxis(heatmaps.astype(jnp.float32), -1, 1).reshape(b, k, h * w)
   coords, maxvals = _argmax_jnp(heatmaps)
@@ -214,7 +195,6 @@ def blur_heatmaps(heatmaps, kernel: int = 11) -> np.ndarray:
   Returns:
     (B, H, W, K) float32.
   """
-  import cv2  # pylint: disable=import-outside-toplevel
   if kernel % 2 != 1:
     raise ValueError(f"blur kernel must be odd, got {kernel}")
   _check_nhwc(heatmaps)
@@ -235,7 +215,7 @@ def blur_heatmaps(heatmaps, kernel: int = 11) -> np.ndarray:
 def decode_unbiased(heatmaps, kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
   """'unbiased' decoding (DARK, MM `keypoints_from_heatmaps(post_process='unbiased')`, §5.2).
 
-  Argmax as `decode_default`, then on `log(max(blur(h), 1e-10))`, where `1 < x < W−2` and
+  Argmax as 'default' decoding, then on `log(max(blur(h), 1e-10))`, where `1 < x < W−2` and
   `1 < y < H−2`: one Newton step `−H⁻¹∇` with central differences (Hessian with step 2), if
   det H ≠ 0. Derivatives are taken in float64, as numpy 1 promoted the reference's float32
   scalars; the offset is added to the float32 coordinates.
@@ -274,77 +254,14 @@ def decode_unbiased(heatmaps, kernel: int = 11) -> tuple[np.ndarray, np.ndarray]
   return preds, maxvals
 
 
-def blur_heatmaps_jnp(heatmaps: jax.Array, kernel: int = 11) -> jax.Array:
-  """`blur_heatmaps` in jnp: zero-padded separable Gaussian (OpenCV's float32 taps), rescaled.
-
-  Equal to the cv2 version up to float32 summation order (~1e-7 relative).
-  """
-  import cv2  # pylint: disable=import-outside-toplevel
-  if kernel % 2 != 1:
-    raise ValueError(f"blur kernel must be odd, got {kernel}")
-  taps = jnp.asarray(cv2.getGaussianKernel(kernel, 0, ktype=cv2.CV_32F)[:, 0])
-  x = heatmaps.astype(jnp.float32)
-  k, pad = x.shape[-1], (kernel - 1) // 2
-
-  def conv(inp, rhs, padding):
-    return jax.lax.conv_general_dilated(
-        inp, jnp.tile(rhs[..., None, None], (1, 1, 1, k)), (1, 1), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=k,
-        precision=jax.lax.Precision.HIGHEST)
-  y = conv(x, taps[None, :], [(0, 0), (pad, pad)])     # rows first, as cv2.sepFilter2D
-  y = conv(y, taps[:, None], [(pad, pad), (0, 0)])
-  return y * (x.max(axis=(1, 2), keepdims=True) / y.max(axis=(1, 2), keepdims=True))
-
-
-def decode_unbiased_jnp(heatmaps: jax.Array, kernel: int = 11) -> tuple[jax.Array, jax.Array]:
-  """`decode_unbiased` in jnp (float32 derivatives), for on-device DARK decoding.
-
-  Matches the numpy/cv2 version to ~1e-4 heatmap px (float32 instead of float64 steps).
-  """
-  b, h, w, k = heatmaps.shape
-  coords, maxvals = _argmax_jnp(heatmaps)
-  logs = jnp.log(jnp.maximum(blur_heatmaps_jnp(heatmaps, kernel), 1e-10))
-  flat = jnp.moveaxis(logs, -1, 1).reshape(b, k, h * w)
-  px, py = coords[..., 0].astype(jnp.int32), coords[..., 1].astype(jnp.int32)
-  inner = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
-  cx, cy = jnp.where(inner, px, 2), jnp.where(inner, py, 2)
-
-  def at(dy, dx):
-    return jnp.take_along_axis(flat, ((cy + dy) * w + cx + dx)[..., None], axis=2)[..., 0]
-  c = at(0, 0)
-  dx = 0.5 * (at(0, 1) - at(0, -1))
-  dy = 0.5 * (at(1, 0) - at(-1, 0))
-  dxx = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
-  dyy = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
-  dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
-  det = dxx * dyy - dxy**2
-  ok = inner & (det != 0)
-  safe = jnp.where(ok, det, 1.0)
-  off = -jnp.stack([(dyy * dx - dxy * dy) / safe, (dxx * dy - dxy * dx) / safe], axis=-1)
-  return coords + jnp.where(ok[..., None], off, 0.0), maxvals
-
-
-def flip_back(heatmaps, flip_index, shift: bool = True) -> np.ndarray:
-  """Heatmaps of a mirrored crop → the original crop's (MM `flip_back` + `shift_heatmap`, §5.1).
-
-  Channel k takes channel flip_index[k] (swap of flip pairs), the W axis is mirrored, and with
-  `shift` every map moves one pixel right (column 0 keeps its value): with the W/2 crop centre
-  the mirrored map sits 0.75 px left of the plain one; the shift leaves +0.25 px.
-
-  Args:
-    heatmaps: (B, H, W, K). flip_index: (K,) permutation (`KeypointInfo.flip_index`).
-  Returns:
-    (B, H, W, K), same dtype.
-  """
-  _check_nhwc(heatmaps)
-  out = np.asarray(heatmaps)[:, :, ::-1, :][..., np.asarray(flip_index)]
-  if shift:
-    out = np.concatenate([out[:, :, :1], out[:, :, :-1]], axis=2)
-  return np.ascontiguousarray(out)
-
-
 def flip_back_jnp(heatmaps: jax.Array, flip_index, shift: bool = True) -> jax.Array:
-  """`flip_back` in jnp (flip_index static)."""
+  """Heatmaps of a mirrored crop → the original crop's (MM `flip_back` + `shift_heatmap`).
+
+  (§5.1) Channel k takes channel flip_index[k] (the flip pairs swapped; static), the W axis
+  is mirrored, and with `shift` every map moves one pixel right (column 0 keeps its value):
+  with the W/2 crop centre the mirrored map sits 0.75 px left of the plain one; the shift
+  leaves +0.25 px. (B, H, W, K) → (B, H, W, K).
+  """
   out = heatmaps[:, :, ::-1, :][..., np.asarray(flip_index)]
   if shift:
     out = jnp.concatenate([out[:, :, :1], out[:, :, :-1]], axis=2)

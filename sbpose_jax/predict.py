@@ -23,8 +23,17 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from sbpose_jax import geometry, keypoints, saved_model, visualize, workdir
 from sbpose_jax import config as config_lib
+from sbpose_jax import inference
+from sbpose_jax import keypoints
+from sbpose_jax import saved_model
+from sbpose_jax import visualize
+from sbpose_jax import workdir
+from sbpose_jax.data import pipeline
+from sbpose_jax.data import readers
+from sbpose_jax.data import transforms
+from sbpose_jax.evaluators import postprocess
+from sbpose_jax.sizes import Sizes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -33,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m sbpose_jax.predict",
                               description=__doc__.split("\n\n")[0],
                               epilog="Any --config.KEY=VALUE argument overrides a config field.")
-  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--config", required=True, help="config name (sbpose_jax/configs/NAME.py) or path")
   p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
   p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
   p.add_argument("--boxes", help="person boxes per image (see the module docstring)")
@@ -119,13 +128,12 @@ def read_boxes(path, images: Sequence[pathlib.Path], score_thr: float
 
 def _crops(images, boxes, cfg) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]]:
   """(image number, crop, centre, scale, box score) per box; each image decoded once."""
-  from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
-  w_in, h_in = cfg.data.input_size
-  affine = transforms.TopDownAffine(cfg.data.input_size)
+  input_wh = Sizes.of(cfg.data).input_wh
+  affine = transforms.TopDownAffine(input_wh)
   for n, (_, img) in enumerate(images):
     for box, score in boxes[n]:
-      c, s = geometry.box_to_center_scale(np.asarray(box, np.float64), w_in / h_in,
-                                          cfg.data.padding)
+      # The readers' box -> crop, so that predict and evaluate crop alike.
+      c, s = (v[0] for v in readers.box_to_center_scale(box, input_wh, cfg.data.padding))
       crop = affine.map({"image": img, "center": c, "scale": s})["image"]
       yield n, crop, c, s, score
 
@@ -154,7 +162,6 @@ def _stack(chunk, batch_size: int) -> dict:
 
 def predict_images(predict_fn, images, boxes, cfg, batch_size: int, use_nms: bool = True):
   """Per image: dict(bboxes (M, 4), scores (M,), box_scores (M,), keypoints (M, K, 3))."""
-  from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
   info = keypoints.get(cfg.data.dataset)
   parts = {k: [] for k in ("index", "keypoints", "center", "scale", "bbox_score")}
   for batch in batches(_crops(images, boxes, cfg), batch_size):
@@ -213,8 +220,6 @@ def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
-  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   paths = list_images(inputs)
