@@ -252,8 +252,8 @@ class PoseEstimator:
   def _load_exported(cls, path: pathlib.Path, *, batch_sizes=DEFAULT_BATCH_SIZES,
                      data_order: str = "rgb", padding: float | None = None,
                      vis_thr: float = 0.2) -> "PoseEstimator":
-    from sbpose_jax import export  # pylint: disable=import-outside-toplevel
-    run, desc = export.load_exported(path)
+    from sbpose_jax import exporting  # pylint: disable=import-outside-toplevel
+    run, desc = exporting.load_exported(path)
     wh = np.asarray(desc["input_size"], np.float32)
     image_coords = desc["coords"] == "image"
     flip_channels = data_order != desc["input_colour_order"]

@@ -1,12 +1,16 @@
 """Load a config by name or path and apply command-line overrides.
 
-`load("coco_res50", ["--config.optim.lr=1e-3"])` finds `configs/coco_res50.py`, calls its
-`get_config()`, applies the overrides and returns a locked ConfigDict, so that a mistyped key
-raises instead of silently adding a field.
+`load("coco_res50", ["--config.optim.lr=1e-3"])` imports `sbpose_jax.configs.coco_res50` (the
+named configs ship with the package), calls its `get_config()`, applies the overrides and
+returns a locked ConfigDict, so that a mistyped key raises instead of silently adding a field.
+A path to a `.py` file loads that file instead; it extends the named ones with
+`from sbpose_jax.configs import common`.
 """
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.resources
 import importlib.util
 import pathlib
 import sys
@@ -14,30 +18,29 @@ from typing import Sequence
 
 import ml_collections
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIG_PACKAGE = "sbpose_jax.configs"
 
 
-def config_path(name_or_path: str) -> pathlib.Path:
-  """Resolves a config name (`coco_res50`) or a path to any config file."""
+def names() -> list[str]:
+  """The named configs (files of sbpose_jax/configs without a leading underscore)."""
+  files = importlib.resources.files(CONFIG_PACKAGE).iterdir()
+  return sorted(f.name[:-3] for f in files
+                if f.name.endswith(".py") and not f.name.startswith("_"))
+
+
+def _load_module(name_or_path: str):
   path = pathlib.Path(name_or_path)
   if path.suffix == ".py" and path.exists():
-    return path
-  candidate = CONFIG_DIR / f"{name_or_path}.py"
-  if candidate.exists():
-    return candidate
-  known = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
-  raise ValueError(f"unknown config {name_or_path!r}; known configs: {', '.join(known)}")
-
-
-def _load_module(path: pathlib.Path):
-  # Config files import their base (`import common`) from configs/ or their own folder.
-  for folder in (str(CONFIG_DIR), str(path.parent)):
-    if folder not in sys.path:
-      sys.path.insert(0, folder)
-  spec = importlib.util.spec_from_file_location(f"sbpose_configs.{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+    # A user's file may import its neighbours (e.g. its own base config).
+    if str(path.parent) not in sys.path:
+      sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"sbpose_user_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  if name_or_path not in names():
+    raise ValueError(f"unknown config {name_or_path!r}; known configs: {', '.join(names())}")
+  return importlib.import_module(f"{CONFIG_PACKAGE}.{name_or_path}")
 
 
 def _parse_value(text: str):
@@ -92,7 +95,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, object]]:
 
 
 def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  cfg = _load_module(config_path(name_or_path)).get_config()
+  cfg = _load_module(name_or_path).get_config()
   cfg.lock()
   for key, value in parse_overrides(overrides):
     apply_override(cfg, key, value)
@@ -109,5 +112,5 @@ def eval_config(config: ml_collections.ConfigDict, name: str | None = None
   if name not in config.evals:
     raise ValueError(f"--eval {name!r}: config has evals {names}")
   ecfg = ml_collections.ConfigDict(config.to_dict())
-  ecfg.data.update(dict(config.evals[name].get("data", {})))
+  ecfg.data.update(dict(config.evals[name].data))
   return ecfg, config.evals[name].type

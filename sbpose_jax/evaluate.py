@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m sbpose_jax.evaluate", description=__doc__.split("\n\n")[0],
       epilog="Any --config.KEY=VALUE argument overrides a config field.")
-  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--config", required=True, help="config name (sbpose_jax/configs/NAME.py) or path")
   p.add_argument("--checkpoint", help="saved model directory or training workdir")
   p.add_argument("--results", help="score this existing results file instead of a model")
   p.add_argument("--out-dir", required=True, help="where keypoints.json and metrics.json go")

@@ -7,14 +7,16 @@ joint whose window is only partly (or not at all) inside the map.
 
 Decoding is MMPose's `keypoints_from_heatmaps` before the image transform: 'default' (first
 argmax + a quarter-pixel step towards the higher neighbour) and 'unbiased' (DARK: Gaussian blur,
-log, one Newton step). Flip test helpers: `flip_back` (+ the one-pixel shift). Heatmaps are NHWC:
-(B, H, W, K). numpy versions for the host, jnp versions (`*_jnp`) for use inside jit.
+log, one Newton step). Flip test: `flip_back_jnp` (+ the one-pixel shift). Heatmaps are NHWC:
+(B, H, W, K). 'default' decoding runs on the device (`decode_default_jnp`), 'unbiased' on the
+host (`decode_unbiased`, with cv2's blur).
 """
 from __future__ import annotations
 
 import functools
 from typing import Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,32 +154,6 @@ def _check_nhwc(heatmaps) -> None:
     raise ValueError(f"heatmaps must be (B, H, W, K), got shape {np.shape(heatmaps)}")
 
 
-def decode_default(heatmaps) -> tuple[np.ndarray, np.ndarray]:
-  """'default' decoding: first argmax + 0.25·sign of the neighbour difference (§5.2).
-
-  The step applies iff `1 < x < W−1 and 1 < y < H−1` (integer argmax), per axis with sign(0)=0;
-  maps whose maximum is ≤ 0 decode to (−1, −1), as MMPose.
-
-  Args:
-    heatmaps: (B, H, W, K).
-  Returns:
-    coords (B, K, 2) float32 heatmap x, y; maxvals (B, K) float32.
-  """
-  _check_nhwc(heatmaps)
-  preds, maxvals, hm = _max_preds(heatmaps)
-  _, _, h, w = hm.shape
-  px, py = preds[..., 0].astype(np.int64), preds[..., 1].astype(np.int64)
-  inner = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
-  cx, cy = np.where(inner, px, 2), np.where(inner, py, 2)
-
-  def at(yy, xx):
-    return np.take_along_axis(hm.reshape(hm.shape[:2] + (-1,)), (yy * w + xx)[..., None],
-                              axis=2)[..., 0]
-  diff = np.stack([at(cy, cx + 1) - at(cy, cx - 1), at(cy + 1, cx) - at(cy - 1, cx)], axis=-1)
-  preds = preds + np.where(inner[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
-  return preds.astype(np.float32), maxvals
-
-
 def _pick_jnp(flat: jax.Array, idx: jax.Array) -> jax.Array:
   """flat[b, k, idx[b, k]] as a one-hot sum (exact: one non-zero term).
 
@@ -203,7 +179,12 @@ def _argmax_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def decode_default_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`decode_default` in jnp, for use inside jit: (B, H, W, K) → ((B, K, 2), (B, K))."""
+  """'default' decoding inside jit: first argmax + 0.25·sign of the neighbour difference.
+
+  (§5.2) The step applies iff `1 < x < W−1 and 1 < y < H−1` (integer argmax), per axis with
+  sign(0) = 0; maps whose maximum is ≤ 0 decode to (−1, −1), as MMPose.
+  (B, H, W, K) → ((B, K, 2) heatmap x, y, (B, K) maxvals).
+  """
   b, h, w, k = heatmaps.shape
   flat = jnp.moveaxis(heatmaps.astype(jnp.float32), -1, 1).reshape(b, k, h * w)
   coords, maxvals = _argmax_jnp(heatmaps)
@@ -228,7 +209,6 @@ def blur_heatmaps(heatmaps, kernel: int = 11) -> np.ndarray:
   Returns:
     (B, H, W, K) float32.
   """
-  import cv2  # pylint: disable=import-outside-toplevel
   if kernel % 2 != 1:
     raise ValueError(f"blur kernel must be odd, got {kernel}")
   _check_nhwc(heatmaps)
@@ -249,7 +229,7 @@ def blur_heatmaps(heatmaps, kernel: int = 11) -> np.ndarray:
 def decode_unbiased(heatmaps, kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
   """'unbiased' decoding (DARK, MM `keypoints_from_heatmaps(post_process='unbiased')`, §5.2).
 
-  Argmax as `decode_default`, then on `log(max(blur(h), 1e-10))`, where `1 < x < W−2` and
+  Argmax as 'default' decoding, then on `log(max(blur(h), 1e-10))`, where `1 < x < W−2` and
   `1 < y < H−2`: one Newton step `−H⁻¹∇` with central differences (Hessian with step 2), if
   det H ≠ 0. Derivatives are taken in float64, as numpy 1 promoted the reference's float32
   scalars; the offset is added to the float32 coordinates.
@@ -338,27 +318,14 @@ def decode_unbiased_jnp(heatmaps: jax.Array, kernel: int = 11) -> tuple[jax.Arra
   return coords + jnp.where(ok[..., None], off, 0.0), maxvals
 
 
-def flip_back(heatmaps, flip_index, shift: bool = True) -> np.ndarray:
-  """Heatmaps of a mirrored crop → the original crop's (MM `flip_back` + `shift_heatmap`, §5.1).
-
-  Channel k takes channel flip_index[k] (swap of flip pairs), the W axis is mirrored, and with
-  `shift` every map moves one pixel right (column 0 keeps its value): with the W/2 crop centre
-  the mirrored map sits 0.75 px left of the plain one; the shift leaves +0.25 px.
-
-  Args:
-    heatmaps: (B, H, W, K). flip_index: (K,) permutation (`KeypointInfo.flip_index`).
-  Returns:
-    (B, H, W, K), same dtype.
-  """
-  _check_nhwc(heatmaps)
-  out = np.asarray(heatmaps)[:, :, ::-1, :][..., np.asarray(flip_index)]
-  if shift:
-    out = np.concatenate([out[:, :, :1], out[:, :, :-1]], axis=2)
-  return np.ascontiguousarray(out)
-
-
 def flip_back_jnp(heatmaps: jax.Array, flip_index, shift: bool = True) -> jax.Array:
-  """`flip_back` in jnp (flip_index static)."""
+  """Heatmaps of a mirrored crop → the original crop's (MM `flip_back` + `shift_heatmap`).
+
+  (§5.1) Channel k takes channel flip_index[k] (the flip pairs swapped; static), the W axis
+  is mirrored, and with `shift` every map moves one pixel right (column 0 keeps its value):
+  with the W/2 crop centre the mirrored map sits 0.75 px left of the plain one; the shift
+  leaves +0.25 px. (B, H, W, K) → (B, H, W, K).
+  """
   out = heatmaps[:, :, ::-1, :][..., np.asarray(flip_index)]
   if shift:
     out = jnp.concatenate([out[:, :, :1], out[:, :, :-1]], axis=2)

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbpose_jax import convert
+from sbpose_jax import conversion
 from sbpose_jax import models
 from sbpose_jax import saved_model
 from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.sizes import Sizes
 
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 # ImageNet V1 weights: the original file names and the re-hosted ones of torchvision >= 0.13.
@@ -51,7 +52,7 @@ def load_init(path: str | os.PathLike, style: str = "pytorch"
   path = pathlib.Path(path)
   if path.is_dir():
     return workdir_lib.load_model(path)
-  return convert.load_pth(path, style=style)
+  return conversion.load_pth(path, style=style)
 
 
 def merge_backbone(variables: Mapping, backbone: Mapping) -> dict:
@@ -80,11 +81,10 @@ def initial_variables(config, model, seed: int) -> dict:
   a saved model, e.g. PoseTrack18's COCO init) replaces everything whose shapes agree, the head
   only when it has the same joint count.
   """
-  hw = tuple(int(v) for v in config.data.input_size)[::-1]
   path = str(config.init_checkpoint)
   if path and not pathlib.Path(path).exists():
     raise FileNotFoundError(missing_init_message(path, int(config.model.depth)))
-  variables = jax.device_get(ts.init_variables(model, seed, hw))
+  variables = jax.device_get(ts.init_variables(model, seed, Sizes.of(config.data).input_hw))
   if not path:
     return variables
   loaded, meta = load_init(path, style=config.model.style)

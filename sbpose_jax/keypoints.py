@@ -1,6 +1,7 @@
 """Per-dataset keypoint metadata as plain data: joint names, flip pairs, upper-body ids, OKS sigmas.
 
-Values follow MMPose 0.x `configs/_base_/datasets/*.py` (see shared/docs/reference-conventions.md §6).
+Values follow MMPose 0.x `configs/_base_/datasets/*.py` (see
+shared/docs/reference-conventions.md §6).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Target-weighted heatmap MSE, as MMPose 2020's JointsMSELoss (reference-conventions §4.2).
 
-MMPose 2020: `L = (1/K) sum_k mean_{n,y,x} (w_nk * P - w_nk * T)^2` = `sum w^2 (P - T)^2 / (N K H W)`.
+MMPose 2020: `L = (1/K) sum_k mean_{n,y,x} (w_nk * P - w_nk * T)^2`
+= `sum w^2 (P - T)^2 / (N K H W)`.
 No 0.5 factor (the MS original has one), the weight enters squared (MMPose >= 0.29 uses it
 linearly; identical for the 0/1 weights every seed config uses), and invisible joints still count
 in the denominator.
@@ -35,10 +36,3 @@ def heatmap_mse(pred: jnp.ndarray, target: jnp.ndarray,
   loss_sum = jnp.sum(jnp.square(diff))
   count = jnp.asarray(pred.size, jnp.float32)
   return loss_sum, count
-
-
-def heatmap_mse_mean(pred: jnp.ndarray, target: jnp.ndarray,
-                     target_weight: jnp.ndarray) -> jnp.ndarray:
-  """The scalar MMPose 2020 loss value: `heatmap_mse` sum / count."""
-  loss_sum, count = heatmap_mse(pred, target, target_weight)
-  return loss_sum / count

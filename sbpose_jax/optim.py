@@ -1,6 +1,7 @@
 """Adam with mmcv's linear warmup and epoch-step decay (reference-conventions §7.1).
 
-mmcv semantics, with `i` the 0-based iteration (optax's update count) and `e = i // steps_per_epoch`:
+mmcv semantics, with `i` the 0-based iteration (optax's update count) and
+`e = i // steps_per_epoch`:
   regular(e) = lr * decay_factor ** #{d in decay_epochs : d <= e}
   lr(i)      = regular(e) * (1 - (1 - i / warmup_steps) * (1 - warmup_ratio))   if i < warmup_steps
              = regular(e)                                                       otherwise

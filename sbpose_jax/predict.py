@@ -25,8 +25,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from sbpose_jax import keypoints, saved_model, visualize, workdir
 from sbpose_jax import config as config_lib
+from sbpose_jax import keypoints
+from sbpose_jax import saved_model
+from sbpose_jax import visualize
+from sbpose_jax import workdir
+from sbpose_jax.data import pipeline
+from sbpose_jax.evaluators import postprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
@@ -36,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m sbpose_jax.predict",
                               description=__doc__.split("\n\n")[0],
                               epilog="Any --config.KEY=VALUE argument overrides a config field.")
-  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--config", required=True, help="config name (sbpose_jax/configs/NAME.py) or path")
   p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
   p.add_argument("inputs", nargs="+", help="image files, folders of images and/or videos")
   p.add_argument("--boxes", help="person boxes per image (see the module docstring)")
@@ -125,7 +130,6 @@ def predict_images(est, images, boxes, cfg, use_nms: bool = True):
 
   `est` is the `api.PoseEstimator` (crops, batches, device); then rescoring and OKS-NMS.
   """
-  from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
   info = keypoints.get(cfg.data.dataset)
   found = est.predict_batch([img for _, img in images],
                             [np.asarray([b for b, _ in bx], np.float64).reshape(-1, 4)
@@ -181,7 +185,7 @@ def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib
 def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
                   use_nms: bool) -> pathlib.Path:
   """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json."""
-  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel  # PyAV: videos only
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   src, frames = video.open_source(str(path)), []
@@ -217,8 +221,7 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
-  from sbpose_jax import api  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import api  # pylint: disable=import-outside-toplevel  # JAX: not for --help
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   videos = [pathlib.Path(i) for i in inputs if pathlib.Path(i).suffix.lower() in VIDEO_SUFFIXES]

@@ -5,9 +5,9 @@ A saved model is a directory:
   <path>/meta.json    ModelMeta: architecture, the colour order the weights expect, provenance
 
 `ModelMeta` is the only list of the architecture fields and of their defaults: the base config
-(`configs/common.py`) takes its `model.*` defaults from `ModelMeta.default_architecture()`, and
-`build_model(meta)` makes the network. Training workdirs (model_best / model_last / training
-checkpoints) are `workdir.py`'s business.
+(sbpose_jax/configs/common.py) takes its `model.*` defaults from
+`ModelMeta.default_architecture()`, and `build_model(meta)` makes the network. Training workdirs
+(model_best / model_last / training checkpoints) are `workdir.py`'s business.
 """
 from __future__ import annotations
 

@@ -46,8 +46,10 @@ from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
 from sbpose_jax.data import synthetic
 from sbpose_jax.evaluators import loop
+from sbpose_jax.sizes import Sizes
 
-TRAIN_KEYS = ("image", "target", "target_weight")
+# What training takes from the pipeline: heatmaps are made on the device from `joints`.
+TRAIN_KEYS = ("image", "joints")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -94,9 +96,8 @@ def train_step(state: ts.TrainState, batch: Mapping[str, jax.Array], *, model,
   Args:
     state: replicated TrainState (donated).
     batch: `image` (B, H, W, 3) uint8 (or packed crops (B, Hp, Wp, 3) with `warp_matrix`
-      (B, 2, 3) output → crop pixel maps, warped here), and either `target` (B, Hh, Wh, K) float32 +
-      `target_weight` (B, K), or `joints` (B, K, 3) heatmap-space x, y, weight (the targets are
-      then made on the device); sharded over the batch axis.
+      (B, 2, 3) output -> crop pixel maps, warped here) and `joints` (B, K, 3) heatmap-space
+      x, y, weight (the targets are made on the device); sharded over the batch axis.
     model: the flax module (static).
     settings: StepSettings (static).
   Returns:
@@ -106,10 +107,7 @@ def train_step(state: ts.TrainState, batch: Mapping[str, jax.Array], *, model,
   if "warp_matrix" in batch:  # packed crops + output->crop matrices (data/device_warp.py)
     image = device_warp.warp_affine(image, batch["warp_matrix"], settings.input_wh)
   x = inference.normalize(image, settings.data_order, settings.model_order)
-  if "target" in batch:
-    target, weight = batch["target"], batch["target_weight"]
-  else:
-    target, weight = heatmaps_lib.encode_jnp(batch["joints"], settings.heatmap_wh, settings.sigma)
+  target, weight = heatmaps_lib.encode_jnp(batch["joints"], settings.heatmap_wh, settings.sigma)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -152,9 +150,9 @@ def to_global_batch(local: Mapping[str, np.ndarray], sharding, global_batch: int
 
 
 def _eval_due(ev, step: int, epoch_steps: int) -> bool:
-  if ev.get("every_steps", 0):
+  if ev.every_steps:
     return step % int(ev.every_steps) == 0
-  if ev.get("every_epochs", 0):
+  if ev.every_epochs:
     return step % (int(ev.every_epochs) * epoch_steps) == 0
   return False
 
@@ -223,7 +221,7 @@ def _initial_state(run: _Run, tx, replicated) -> tuple[ts.TrainState, int]:
   """Fresh state (with init checkpoint), or the latest checkpoint's; and the start step."""
   config, model = run.config, run.model
   rng = jax.random.PRNGKey(int(config.seed))
-  hw = tuple(config.data.input_size)[::-1]
+  hw = Sizes.of(config.data).input_hw
   latest = run.ckpts.latest_step()
   if latest is None:
     variables = init_weights.initial_variables(config, model, int(config.seed))
@@ -303,7 +301,7 @@ def _evaluate(run: _Run, state, step: int, names) -> dict[str, dict[str, float]]
     if run.logger.enabled and seen:
       batch, kpts = seen[0]
       picture = train_log.sample_picture(batch, np.asarray(kpts), ecfg.data.dataset,
-                                         ecfg.data.colour_order, tuple(ecfg.data.input_size))
+                                         ecfg.data.colour_order, Sizes.of(ecfg.data).input_wh)
       run.logger.image(step, name, picture)
   return out
 
@@ -349,9 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   model = models.build(config.model, info.num_joints)
   mesh = make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sizes = Sizes.of(config.data)
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
-                          tuple(int(v) for v in config.data.heatmap_size),
-                          float(config.data.sigma), tuple(int(v) for v in config.data.input_size))
+                          sizes.heatmap_wh, float(config.data.sigma), sizes.input_wh)
   ckpts = workdir_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
                                        metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
@@ -371,14 +369,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       f"of {total}" + (f"; resumed from step {start}" if start else ""))
   results = {}
   try:
-    if start == 0 and config.get("eval_at_start", False) and config.evals:
+    if start == 0 and config.eval_at_start and config.evals:
       results = _evaluate(run, state, 0, list(config.evals))
     run.last_log = (start, time.perf_counter())
     # --- The loop. `step` counts completed updates.
     for step in range(start + 1, stop + 1):
       local = next(train_iter)
-      keys = (TRAIN_KEYS if "target" in local else ("image", "joints")) + (
-          ("warp_matrix",) if "warp_matrix" in local else ())
+      keys = TRAIN_KEYS + (("warp_matrix",) if "warp_matrix" in local else ())
       state, metrics = train_step(state, to_global_batch(local, run.data_sharding, global_batch,
                                                          keys), model=model, settings=settings)
       run.pending.append(metrics)
@@ -445,7 +442,8 @@ def _parser() -> argparse.ArgumentParser:
       prog="python -m sbpose_jax.train", description=__doc__.split("\n\n")[0],
       epilog="Any --config.a.b=value overrides a config field (e.g. --config.optim.lr=1e-3).")
   p.add_argument("--config", default="demo",
-                 help="config name in configs/ or a path to a config file (default: demo)")
+                 help="config name (sbpose_jax/configs/NAME.py) or a path to a config file "
+                      "(default: demo)")
   p.add_argument("--workdir", help="run directory (default: runs/<config name>)")
   p.add_argument("--coordinator-address", help="multi-host: host:port of process 0")
   p.add_argument("--num-processes", type=int, help="multi-host: number of processes")

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from sbpose_jax import geometry
 from sbpose_jax import visualize
@@ -32,12 +33,11 @@ class RunLogger:
     self._jsonl = None
     if not enabled:
       return
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     self._bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
                      dynamic_ncols=True, disable=not progress, smoothing=0.1)
     self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import SummaryWriter  # why: heavy (protobuf), process 0 only; optional
       self._tb = SummaryWriter(str(self.workdir / "tb"))
     except ImportError:  # optional: JSONL still has everything
       self._tb = None

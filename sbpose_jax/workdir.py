@@ -92,7 +92,8 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
     try:
       old = json.loads(path.read_text())
     except ValueError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training workdir?") from None
+      raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
+                       "workdir?") from None
     diff = config_differences(old, new)
     if diff and _has_checkpoints(workdir):
       shown = "; ".join(f"{k}: {_flatten(old).get(k, '<absent>')!r} -> "

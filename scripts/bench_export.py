@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbpose_jax import export, inference, keypoints, models
+from sbpose_jax import exporting, inference, keypoints, models
 
 
 def random_variables(model, input_wh):
@@ -66,15 +66,15 @@ def main(argv=None) -> list[dict]:
       flip=not args.no_flip, shift=True, decode="default", blur_kernel=11,
       flip_index=tuple(int(i) for i in keypoints.get("coco").flip_index),
       heatmap_wh=(w // 4, h // 4), data_order="rgb", model_order="rgb")
-  jax_fn = jax.jit(export.keypoints_function(model, variables, settings, input_wh, "image"))
+  jax_fn = jax.jit(exporting.keypoints_function(model, variables, settings, input_wh, "image"))
   t0 = time.perf_counter()
-  onnx_bytes = export.to_onnx(export.keypoints_function(models.export_form(model), variables,
+  onnx_bytes = exporting.to_onnx(exporting.keypoints_function(models.export_form(model), variables,
                                                         settings, input_wh, "image"),
                               input_wh, "image")
   convert_s = time.perf_counter() - t0
-  ort_run = export.onnx_runner(onnx_bytes)
-  crops = export.check_crops(input_wh, args.batch)
-  inputs = export.check_args(crops, "image")
+  ort_run = exporting.onnx_runner(onnx_bytes)
+  crops = exporting.check_crops(input_wh, args.batch)
+  inputs = exporting.check_args(crops, "image")
   rows = []
   base = dict(depth=args.depth, width=args.width, input_wh=list(input_wh), batch=args.batch,
               flip=not args.no_flip, cpu=platform.processor() or platform.machine(),

@@ -22,7 +22,6 @@ batch 2, 0/1 workers) so that the whole script runs on a CPU in about a minute (
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import pathlib

@@ -88,7 +88,7 @@ def eval_cells(records, config, num: int, scale: int) -> list[np.ndarray]:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="config name (configs/NAME.py) or path")
+  p.add_argument("--config", required=True, help="config name (sbpose_jax/configs/NAME.py) or path")
   p.add_argument("--num", type=int, default=16, help="samples to render")
   p.add_argument("--out", required=True, help="output folder for the PNG")
   p.add_argument("--seed", type=int, default=0)

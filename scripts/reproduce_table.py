@@ -110,7 +110,7 @@ def row_config(name: str, args, overrides):
 
 def model_for(stem: str, args) -> pathlib.Path:
   """A saved model for checkpoint `stem`: given pre-converted, cached, or converted now."""
-  from sbpose_jax import convert, saved_model  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import conversion, saved_model  # pylint: disable=import-outside-toplevel
   ready = pathlib.Path(args.checkpoints) / stem
   if saved_model.is_saved_model(ready):
     return ready
@@ -121,7 +121,7 @@ def model_for(stem: str, args) -> pathlib.Path:
   if not src.is_file():
     raise FileNotFoundError(f"checkpoint {src.name} not in {args.checkpoints}")
   print(f"converting {src.name}", file=sys.stderr)
-  convert.convert(src, dst, verify_hash=not args.no_verify_hash)
+  conversion.convert(src, dst, verify_hash=not args.no_verify_hash)
   return dst
 
 

@@ -40,7 +40,8 @@ def test_overrides_are_typed_and_typos_are_refused():
 
 def test_a_config_file_outside_the_repo(tmp_path: pathlib.Path):
   path = tmp_path / "mine.py"
-  path.write_text("import common\n\ndef get_config():\n  c = common.get_config()\n"
+  path.write_text("from sbpose_jax.configs import common\n\n"
+                  "def get_config():\n  c = common.get_config()\n"
                   "  c.name = 'mine'\n  c.model.depth = 101\n  return c\n")
   cfg = config_lib.load(str(path))
   assert cfg.name == "mine" and cfg.model.depth == 101

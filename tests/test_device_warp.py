@@ -9,7 +9,6 @@ from sbpose_jax import geometry
 from sbpose_jax import pack as pack_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
-from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
 
 OUT_WH = (48, 64)

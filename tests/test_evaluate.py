@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import cv2
-from sbpose_jax import evaluate, inference, keypoints, saved_model
+from helpers import mm_decode_default, mm_get_affine_transform, mm_oks_nms
+from sbpose_jax import evaluate, keypoints, saved_model
 from sbpose_jax.evaluators import loop
 from sbpose_jax import config as config_lib
 
@@ -26,7 +27,8 @@ BATCH = 16
 
 def save_tiny_model(path, num_joints=17, dataset="coco", colour_order="rgb", bias=0.25):
   """A random ResNet-18 PoseResNet saved with saved_model.save_model (no init compile)."""
-  meta = saved_model.ModelMeta(depth=18, num_joints=num_joints, deconv_filters=(16, 16, 16),
+  meta = saved_model.ModelMeta(depth=18, num_joints=num_joints, width=8,
+                               deconv_filters=(16, 16, 16),
                                dataset=dataset, colour_order=colour_order, source="test")
   model = saved_model.build_model(meta)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 48, 3)))
@@ -106,45 +108,8 @@ def ref_center_scale(box, aspect=48 / 64):
 
 
 def ref_crop(img, c, s, out_wh=(48, 64)):
-  w_out, h_out = out_wh
-  src_w = s[0] * 200.0
-  a, b = c.astype(np.float64), c + np.array([0.0, -src_w * 0.5])
-  third = lambda a, b: b + np.array([-(a - b)[1], (a - b)[0]])
-  da, db = np.array([w_out * 0.5, h_out * 0.5]), np.array([w_out * 0.5, h_out * 0.5 - w_out * 0.5])
-  src = np.float32([a, b, third(a, b)])
-  dst = np.float32([da, db, third(da, db)])
-  m = cv2.getAffineTransform(src, dst)
-  return cv2.warpAffine(img, m, (w_out, h_out), flags=cv2.INTER_LINEAR)
-
-
-def ref_decode(hm_nkhw):
-  n, k, h, w = hm_nkhw.shape
-  flat = hm_nkhw.reshape(n, k, -1)
-  idx, maxvals = np.argmax(flat, 2), np.amax(flat, 2)
-  preds = np.stack([idx % w, idx // w], -1).astype(np.float32)
-  preds = np.where(maxvals[..., None] > 0, preds, -1)
-  for i in range(n):
-    for j in range(k):
-      m = hm_nkhw[i, j]
-      px, py = int(preds[i, j, 0]), int(preds[i, j, 1])
-      if 1 < px < w - 1 and 1 < py < h - 1:
-        preds[i, j] += np.sign([m[py][px + 1] - m[py][px - 1], m[py + 1][px] - m[py - 1][px]]) * .25
-  return preds, maxvals
-
-
-def ref_oks_nms(kpts, scores, areas, sigmas, thr=0.9):
-  order = scores.argsort()[::-1]
-  keep = []
-  var = (sigmas * 2) ** 2
-  while order.size:
-    i = order[0]
-    keep.append(i)
-    d = kpts[order[1:]]
-    e = ((d[..., 0] - kpts[i, :, 0]) ** 2 + (d[..., 1] - kpts[i, :, 1]) ** 2) / var / (
-        (areas[i] + areas[order[1:]])[:, None] / 2 + np.spacing(1)) / 2
-    oks = np.exp(-e).sum(1) / len(sigmas)
-    order = order[np.where(oks <= thr)[0] + 1]
-  return keep
+  m = mm_get_affine_transform(c, s, 0.0, out_wh)
+  return cv2.warpAffine(img, m, tuple(out_wh), flags=cv2.INTER_LINEAR)
 
 
 def reference_results(fixtures_dir, model_dir, det_file):
@@ -174,7 +139,7 @@ def reference_results(fixtures_dir, model_dir, det_file):
     flipped[:, a], flipped[:, b] = h2[:, b], h2[:, a]
   flipped = flipped[..., ::-1].copy()
   flipped[..., 1:] = flipped[..., :-1].copy()
-  coords, maxvals = ref_decode((h1 + flipped) * 0.5)
+  coords, maxvals = mm_decode_default((h1 + flipped) * 0.5)
   out_by_image = {}
   for i, ((image_id, _, _, score), (c, s)) in enumerate(zip(boxes, cs)):
     size = s * 200.0
@@ -187,7 +152,7 @@ def reference_results(fixtures_dir, model_dir, det_file):
   for image_id, items in out_by_image.items():
     kp = np.stack([it[1] for it in items])
     sc = np.array([it[2] for it in items])
-    keep = ref_oks_nms(kp, sc, np.array([it[3] for it in items]), keypoints.COCO.sigmas_array)
+    keep = mm_oks_nms(kp, sc, np.array([it[3] for it in items]), 0.9, keypoints.COCO.sigmas_array)
     results += [(image_id, items[k][0], kp[k], sc[k]) for k in keep]
   return results
 
@@ -318,7 +283,8 @@ def test_reproduce_table_plumbing(fixtures_dir, model_dir, tmp_path, capsys):
 
 def test_no_detections_gives_zero_metrics(fixtures_dir, model_dir, tmp_path):
   (tmp_path / "none.json").write_text("[]")
-  metrics = evaluate.main(["--checkpoint", str(model_dir), "--det-file", str(tmp_path / "none.json")]
+  metrics = evaluate.main(["--checkpoint", str(model_dir), "--det-file",
+                           str(tmp_path / "none.json")]
                           + coco_args(fixtures_dir, tmp_path))
   assert metrics["AP"] == 0 and metrics["AR"] == 0
   assert json.loads((tmp_path / "keypoints.json").read_text()) == []

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import PoseEstimator, export, models
+from sbpose_jax import PoseEstimator, export, exporting, models
 from test_api import save_tiny
 from test_evaluate import ref_boxes
 
@@ -81,7 +81,7 @@ def est_read(path):
 
 def _reference(model_dir, coords):
   est = PoseEstimator.load(model_dir)
-  return jax.jit(export.keypoints_function(est.model, est.variables, est.settings, est.input_wh,
+  return jax.jit(exporting.keypoints_function(est.model, est.variables, est.settings, est.input_wh,
                                            coords))
 
 
@@ -94,11 +94,11 @@ def stablehlo_file(tiny, tmp_path_factory):
 
 
 def test_stablehlo_equals_jax_on_fixture_crops(tiny, stablehlo_file, fixture_crops):
-  run, desc = export.load_exported(stablehlo_file)
+  run, desc = exporting.load_exported(stablehlo_file)
   assert desc["coords"] == "image" and desc["input_size"] == [48, 64]
   assert desc["model_colour_order"] == "bgr" and desc["input_colour_order"] == "rgb"
   assert len(desc["joint_names"]) == 17 and [1, 2] in desc["flip_pairs"] and desc["skeleton"]
-  check = export.compare(run, _reference(tiny, "image"), fixture_crops, "image", (1, 3, 17))
+  check = exporting.compare(run, _reference(tiny, "image"), fixture_crops, "image", (1, 3, 17))
   assert check["max_dx_px"] <= 1e-3 and check["max_dscore"] <= 1e-4
 
 
@@ -107,11 +107,11 @@ def test_stablehlo_crop_coords(tiny, tmp_path, fixture_crops):
   out = tmp_path / "crop.stablehlo"
   desc = export.export_model(tiny, "stablehlo", out, coords="crop", flip=False)
   assert desc["coords"] == "crop" and not desc["flip_test"]
-  run, _ = export.load_exported(out)
+  run, _ = exporting.load_exported(out)
   est = PoseEstimator.load(tiny, flip=False)
-  ref = jax.jit(export.keypoints_function(est.model, est.variables, est.settings, est.input_wh,
+  ref = jax.jit(exporting.keypoints_function(est.model, est.variables, est.settings, est.input_wh,
                                           "crop"))
-  check = export.compare(run, ref, fixture_crops, "crop", (1, 3, 17))
+  check = exporting.compare(run, ref, fixture_crops, "crop", (1, 3, 17))
   assert check["max_dx_px"] <= 1e-3 and check["max_dscore"] <= 1e-4
   # The API converts crop pixels to image pixels itself.
   image = est_read(_fixture_image())
@@ -141,13 +141,13 @@ def test_stablehlo_in_a_fresh_process(tiny, stablehlo_file, fixtures_dir):
 
 def test_refusals(tiny, stablehlo_file, tmp_path):
   data = stablehlo_file.read_bytes()
-  desc = json.loads(export.sidecar_path(stablehlo_file).read_text())
+  desc = json.loads(exporting.sidecar_path(stablehlo_file).read_text())
 
   def place(name, payload, fix_sha=False):
     path = tmp_path / name
     path.write_bytes(payload)
-    d = dict(desc, sha256=export.sha256(payload)) if fix_sha else desc
-    export.sidecar_path(path).write_text(json.dumps(d))
+    d = dict(desc, sha256=exporting.sha256(payload)) if fix_sha else desc
+    exporting.sidecar_path(path).write_text(json.dumps(d))
     return path
 
   with pytest.raises(ValueError, match="sha256 differs"):
@@ -169,19 +169,19 @@ def test_refusals(tiny, stablehlo_file, tmp_path):
 
 @needs_flatbuffers
 def test_a_mismatching_export_is_not_written(tiny, tmp_path, monkeypatch):
-  real = export.keypoints_function
+  real = exporting.keypoints_function
 
   def off_by_a_pixel(model, *args):
     fn = real(model, *args)
     if model.pool_impl == "pad":      # only the exported form, not the reference
       return lambda *a: (fn(*a)[0] + 1.0, fn(*a)[1])
     return fn
-  monkeypatch.setattr(export, "keypoints_function", off_by_a_pixel)
+  monkeypatch.setattr(exporting, "keypoints_function", off_by_a_pixel)
   out = tmp_path / "bad.stablehlo"
   with pytest.raises(SystemExit):
     export.main(["--checkpoint", str(tiny), "--format", "stablehlo", "--out", str(out),
                  "--no-flip"])
-  assert not out.exists() and not export.sidecar_path(out).exists()
+  assert not out.exists() and not exporting.sidecar_path(out).exists()
 
 
 def test_onnx_dark_is_refused(tiny, tmp_path):
@@ -214,7 +214,7 @@ def test_onnx_equals_jax_without_jax(depth, tiny, tmp_path, fixture_crops):
   assert desc["check"]["max_dx_px"] <= 1e-3 and desc["onnx_opset"] == 17
   ref = _reference(model_dir, "image")
   for b in (1, 3, 17):
-    args = export.check_args(np.resize(fixture_crops, (b,) + fixture_crops.shape[1:]), "image",
+    args = exporting.check_args(np.resize(fixture_crops, (b,) + fixture_crops.shape[1:]), "image",
                              seed=b)
     np.savez(tmp_path / "in.npz", crops=args[0], center=args[1], scale=args[2])
     subprocess.run([sys.executable, "-c", ONNX_RUN, str(out), str(tmp_path / "in.npz"),

@@ -5,38 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import mm_get_affine_transform
 from sbpose_jax import geometry
-
-
-# --- the reference, re-implemented here from MM post_transforms.py (shift = 0) --------------------
-def _mm_rotate_point(pt, angle_rad):
-  sn, cs = np.sin(angle_rad), np.cos(angle_rad)
-  return [pt[0] * cs - pt[1] * sn, pt[0] * sn + pt[1] * cs]
-
-
-def _mm_3rd(a, b):
-  direction = a - b
-  return b + np.array([-direction[1], direction[0]], dtype=np.float32)
-
-
-def mm_get_affine_transform(center, scale, rot, output_size, inv=False):
-  scale_tmp = np.asarray(scale, np.float32) * 200.0
-  src_w = scale_tmp[0]
-  dst_w, dst_h = output_size
-  rot_rad = np.pi * rot / 180
-  src_dir = _mm_rotate_point([0., src_w * -0.5], rot_rad)
-  dst_dir = np.array([0., dst_w * -0.5])
-  src = np.zeros((3, 2), dtype=np.float32)
-  src[0, :] = center
-  src[1, :] = center + np.asarray(src_dir)
-  src[2, :] = _mm_3rd(src[0, :], src[1, :])
-  dst = np.zeros((3, 2), dtype=np.float32)
-  dst[0, :] = [dst_w * 0.5, dst_h * 0.5]
-  dst[1, :] = np.array([dst_w * 0.5, dst_h * 0.5]) + dst_dir
-  dst[2, :] = _mm_3rd(dst[0, :], dst[1, :])
-  if inv:
-    return cv2.getAffineTransform(np.float32(dst), np.float32(src))
-  return cv2.getAffineTransform(np.float32(src), np.float32(dst))
 
 
 def _random_crops(n, seed=0):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import blur_heatmaps_jnp, decode_unbiased_jnp, mm_decode_default_nhwc
 from sbpose_jax import geometry
 from sbpose_jax import heatmaps
 
@@ -37,25 +38,6 @@ def mm_msra_target(joints, vis, image_size, heatmap_size, sigma):
       img_y = max(0, ul[1]), min(br[1], h)
       target[j][img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[g_y[0]:g_y[1], g_x[0]:g_x[1]]
   return target.transpose(1, 2, 0), target_weight[:, 0]
-
-
-def mm_decode_default(hm_nkhw):
-  n, k, h, w = hm_nkhw.shape
-  flat = hm_nkhw.reshape((n, k, -1))
-  idx = np.argmax(flat, 2).reshape((n, k, 1))
-  maxvals = np.amax(flat, 2).reshape((n, k, 1))
-  preds = np.tile(idx, (1, 1, 2)).astype(np.float32)
-  preds[:, :, 0] = preds[:, :, 0] % w
-  preds[:, :, 1] = preds[:, :, 1] // w
-  preds = np.where(np.tile(maxvals, (1, 1, 2)) > 0.0, preds, -1)
-  for i in range(n):
-    for j in range(k):
-      hmap = hm_nkhw[i][j]
-      px, py = int(preds[i][j][0]), int(preds[i][j][1])
-      if 1 < px < w - 1 and 1 < py < h - 1:
-        diff = np.array([hmap[py][px + 1] - hmap[py][px - 1], hmap[py + 1][px] - hmap[py - 1][px]])
-        preds[i][j] += np.sign(diff) * .25
-  return preds, maxvals[..., 0]
 
 
 def mm_decode_dark(hm_nkhw, kernel):
@@ -171,7 +153,8 @@ def test_encode_jnp_equals_numpy():
   xy = np.stack([_random_joints(rng, 17)[0] for _ in range(6)])
   vis = (rng.random((6, 17)) < 0.8).astype(np.float32)
   xy[0, :5] = [[-3, 10], [-31, 10], [-35, 10], [212, 10], [216, 10]]
-  xy[1, :3] = [[1.99999988, 2 - 2**-22], [2 + 2**-22, 5.9999995], [-2.0000002, -1.9999999]]            # edge cases above
+  # edge cases above
+  xy[1, :3] = [[1.99999988, 2 - 2**-22], [2 + 2**-22, 5.9999995], [-2.0000002, -1.9999999]]
   joints = np.concatenate([xy / np.float32(4), vis[..., None]], -1)
   fn = jax.jit(lambda j: heatmaps.encode_jnp(j, (48, 64), 2.0))
   t_j, w_j = fn(jnp.asarray(joints))
@@ -200,15 +183,13 @@ def test_decode_default_matches_reference_and_jnp():
   hm[0, 62, 20, 4] = 5.0                                  # y = H − 2
   hm[0, 30, 20, 5] = 5.0                                  # equal neighbours: sign 0
   hm[0, 30, 19, 5] = hm[0, 30, 21, 5] = 1.0
-  coords, maxvals = heatmaps.decode_default(hm)
-  ref_c, ref_m = mm_decode_default(np.ascontiguousarray(hm.transpose(0, 3, 1, 2)))
+  jc, jm = jax.jit(heatmaps.decode_default_jnp)(jnp.asarray(hm))
+  coords, maxvals = np.asarray(jc), np.asarray(jm)
+  ref_c, ref_m = mm_decode_default_nhwc(hm)
   np.testing.assert_array_equal(coords, ref_c)
   np.testing.assert_array_equal(maxvals, ref_m)
   assert coords[0, 0].tolist() == [-1, -1] and coords[0, 1].tolist() == [0, 0]
   assert coords[0, 2, 0] == 1.0 and coords[0, 3, 0] != 46.0 and coords[0, 5, 0] == 20.0
-  jc, jm = jax.jit(heatmaps.decode_default_jnp)(jnp.asarray(hm))
-  np.testing.assert_array_equal(np.asarray(jc), coords)
-  np.testing.assert_array_equal(np.asarray(jm), maxvals)
 
 
 def test_decode_inverts_encode():
@@ -216,13 +197,13 @@ def test_decode_inverts_encode():
   # Integer heatmap positions decode exactly; others to the integer centre μ (|err| ≤ 0.5 px).
   xy = np.float32([[8, 8], [100, 60], [4 * 45, 4 * 61], [37.3, 201.9], [150.6, 13.0]])
   target, _ = heatmaps.encode(xy, np.ones(5), (48, 64), 2)
-  coords, maxvals = heatmaps.decode_default(target[None])
+  coords, maxvals = map(np.asarray, heatmaps.decode_default_jnp(jnp.asarray(target[None])))
   np.testing.assert_array_equal(coords[0, :3], xy[:3] / 4)
   np.testing.assert_array_equal(coords[0], np.trunc(xy / 4 + 0.5))
   assert np.all(maxvals == 1)
   # Sub-pixel Gaussians: the quarter offset leaves at most 0.25 px.
   centres = rng.uniform(3, [44, 60], (4, 17, 2))
-  coords, _ = heatmaps.decode_default(subpixel_gaussians(centres, (64, 48)))
+  coords = np.asarray(heatmaps.decode_default_jnp(subpixel_gaussians(centres, (64, 48)))[0])
   assert np.abs(coords - centres).max() <= 0.25 + 1e-6
 
 
@@ -251,10 +232,10 @@ def test_unbiased_jnp_matches_numpy():
   hm += rng.normal(0, 2e-3, hm.shape).astype(np.float32)
   hm[0, :, :, 5] = 0
   for kernel in (11, 17):
-    blur = np.asarray(jax.jit(lambda h, k=kernel: heatmaps.blur_heatmaps_jnp(h, k))(hm))
+    blur = np.asarray(jax.jit(lambda h, k=kernel: blur_heatmaps_jnp(h, k))(hm))
     ref = heatmaps.blur_heatmaps(hm, kernel)
     np.testing.assert_allclose(blur[:, :, :, :5], ref[:, :, :, :5], rtol=1e-5, atol=1e-6)
-    jc, jm = jax.jit(lambda h, k=kernel: heatmaps.decode_unbiased_jnp(h, k))(hm)
+    jc, jm = jax.jit(lambda h, k=kernel: decode_unbiased_jnp(h, k))(hm)
     nc, nm = heatmaps.decode_unbiased(hm, kernel)
     np.testing.assert_allclose(np.asarray(jc), nc, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(jm), nm)
@@ -264,10 +245,12 @@ def test_flip_back_swaps_mirrors_and_shifts():
   rng = np.random.default_rng(5)
   flip_index = np.array([0, 2, 1, 4, 3])
   hm = rng.random((2, 8, 6, 5)).astype(np.float32)
-  out = heatmaps.flip_back(hm, flip_index, shift=False)
+  def flip_back(h, shift):
+    return np.asarray(heatmaps.flip_back_jnp(jnp.asarray(h), flip_index, shift=shift))
+  out = flip_back(hm, shift=False)
   np.testing.assert_array_equal(out[:, :, :, 1], hm[:, :, ::-1, 2])
-  np.testing.assert_array_equal(heatmaps.flip_back(out, flip_index, shift=False), hm)
-  shifted = heatmaps.flip_back(hm, flip_index, shift=True)
+  np.testing.assert_array_equal(flip_back(out, shift=False), hm)
+  shifted = flip_back(hm, shift=True)
   np.testing.assert_array_equal(shifted[:, :, 1:], out[:, :, :-1])
   np.testing.assert_array_equal(shifted[:, :, 0], out[:, :, 0])       # column 0 keeps its value
   np.testing.assert_array_equal(
@@ -288,9 +271,9 @@ def test_flip_test_alignment_quarter_pixel():
   def centroid_x(h):
     xs = np.arange(w_hm)
     return (h * xs[None, None, :, None]).sum((1, 2)) / h.sum((1, 2))
-  back = heatmaps.flip_back(hm_flipped, flip_index, shift=False)
+  back = np.asarray(heatmaps.flip_back_jnp(hm_flipped, flip_index, shift=False))
   np.testing.assert_allclose(centroid_x(back)[0], plain[0, :, 0] - 0.75, atol=1e-3)
-  back = heatmaps.flip_back(hm_flipped, flip_index, shift=True)
+  back = np.asarray(heatmaps.flip_back_jnp(hm_flipped, flip_index, shift=True))
   np.testing.assert_allclose(centroid_x(back)[0], plain[0, :, 0] + 0.25, atol=1e-3)
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import mm_decode_default, mm_flip_back
 from sbpose_jax import config as config_lib
 from sbpose_jax import geometry, inference, keypoints
 
@@ -16,39 +17,12 @@ TINY = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)"
 # ------------------------------------------------------------------ reference implementations
 # Written from reference-conventions §5 independently of the package (loops, as MMPose).
 
-def ref_decode(hm_nkhw):
-  """MMPose `_get_max_preds` + quarter offset; (N, K, H, W) → coords (N, K, 2), maxvals."""
-  n, k, h, w = hm_nkhw.shape
-  flat = hm_nkhw.reshape(n, k, -1)
-  idx = np.argmax(flat, 2).reshape(n, k, 1)
-  maxvals = np.amax(flat, 2).reshape(n, k, 1)
-  preds = np.tile(idx, (1, 1, 2)).astype(np.float32)
-  preds[:, :, 0] = preds[:, :, 0] % w
-  preds[:, :, 1] = preds[:, :, 1] // w
-  preds = np.where(np.tile(maxvals, (1, 1, 2)) > 0.0, preds, -1)
-  for i in range(n):
-    for j in range(k):
-      m = hm_nkhw[i, j]
-      px, py = int(preds[i, j, 0]), int(preds[i, j, 1])
-      if 1 < px < w - 1 and 1 < py < h - 1:
-        diff = np.array([m[py][px + 1] - m[py][px - 1], m[py + 1][px] - m[py - 1][px]])
-        preds[i, j] += np.sign(diff) * .25
-  return preds, maxvals[..., 0]
-
-
 def ref_transform(coords, center, scale, hm_wh):
   s = scale * 200.0
   out = np.empty_like(coords)
   out[:, 0] = coords[:, 0] * (s[0] / hm_wh[0]) + center[0] - s[0] * 0.5
   out[:, 1] = coords[:, 1] * (s[1] / hm_wh[1]) + center[1] - s[1] * 0.5
   return out
-
-
-def ref_flip_back(hm_nkhw, flip_pairs):
-  out = hm_nkhw.copy()
-  for a, b in flip_pairs:
-    out[:, a], out[:, b] = hm_nkhw[:, b].copy(), hm_nkhw[:, a].copy()
-  return out[..., ::-1]
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -183,7 +157,7 @@ def test_on_device_decoding_equals_numpy_reference():
     return inference.predict_keypoints(lambda x: hm, jnp.zeros((b, 4, 4, 3), jnp.uint8), c,
                                        sc, s._replace(flip=False))
   got = np.asarray(decode(hm, center, scale))
-  coords, maxvals = ref_decode(np.moveaxis(hm, -1, 1))
+  coords, maxvals = mm_decode_default(np.moveaxis(hm, -1, 1))
   want = np.stack([ref_transform(coords[i], center[i], scale[i], (w, h)) for i in range(b)])
   np.testing.assert_allclose(got[..., :2], want, rtol=0, atol=2e-4)
   np.testing.assert_array_equal(got[..., 2], maxvals)
@@ -244,9 +218,9 @@ def test_predict_fn_matches_reference_pipeline(tiny):
   fwd = jax.jit(functools.partial(model.apply, variables, train=False))
   h1 = np.moveaxis(np.asarray(fwd(jnp.asarray(x, jnp.float32))), -1, 1)
   h2 = np.moveaxis(np.asarray(fwd(jnp.asarray(x[:, :, ::-1], jnp.float32))), -1, 1)
-  h2 = ref_flip_back(h2, keypoints.COCO.flip_pairs)
+  h2 = mm_flip_back(h2, keypoints.COCO.flip_pairs)
   h2[..., 1:] = h2[..., :-1].copy()
-  coords, maxvals = ref_decode((h1 + h2) * 0.5)
+  coords, maxvals = mm_decode_default((h1 + h2) * 0.5)
   want = np.stack([ref_transform(coords[i], batch["center"][i], batch["scale"][i], (12, 16))
                    for i in range(len(coords))])
   np.testing.assert_allclose(got[..., 2], maxvals, rtol=1e-4, atol=1e-6)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import heatmap_mse_mean
 from sbpose_jax import losses
 
 
@@ -68,7 +69,7 @@ def test_bfloat16_predictions_are_summed_in_float32():
 
 def test_gradient_is_weighted_difference():
   pred, target, weight = _example(b=2, k=3)
-  grad = jax.grad(lambda p: losses.heatmap_mse_mean(p, target, weight))(pred)
+  grad = jax.grad(lambda p: heatmap_mse_mean(p, target, weight))(pred)
   expected = 2 * (weight[:, None, None, :] ** 2) * (pred - target) / pred.size
   np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-9)
 

@@ -22,7 +22,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from sbpose_jax import saved_model, train, train_state as ts
     assert jax.device_count() == 8
-    model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5,
+    model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5, width=8,
                                                           deconv_filters=(8, 8, 8)))
     variables = jax.device_get(ts.init_variables(model, 0, (96, 96)))
     tx = optax.sgd(1.0)  # updates = gradients: compares them directly (see the docstring)
@@ -60,7 +60,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     print(json.dumps({f"g{g}": dict(params=diff(out[f"1_{g}"]["params"], out[f"8_{g}"]["params"],
                                                 init),
                                     stats=diff(out[f"1_{g}"]["stats"], out[f"8_{g}"]["stats"]),
-                                    loss=[float(out[f"1_{g}"]["loss"]), float(out[f"8_{g}"]["loss"])])
+                                    loss=[float(out[f"1_{g}"]["loss"]),
+                                          float(out[f"8_{g}"]["loss"])])
                       for g in (0, 2)} | {"groups_differ": diff(out["8_0"]["stats"],
                                                                 out["8_2"]["stats"])}))
 """)
@@ -150,7 +151,8 @@ def test_two_processes_read_disjoint_shards_and_agree(tmp_path):
                "--config.data.num_workers=0", "--config.batch_size_per_device=2",
                "--config.max_steps=3", "--config.checkpoint_every_steps=2",
                "--config.data.input_size=(96,96)", "--config.data.heatmap_size=(24,24)",
-               "--config.model.deconv_filters=(8,8,8)", "--config.test.batch_size=4"]
+               "--config.model.deconv_filters=(8,8,8)", "--config.model.width=8",
+               "--config.test.batch_size=4"]
   port = str(_free_port())
   procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(i), port, str(root),
                              str(tmp_path / "run")] + overrides, env=_env(), cwd=REPO,

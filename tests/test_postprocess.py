@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from helpers import mm_oks_nms
 from sbpose_jax.evaluators import postprocess
 
 
@@ -40,24 +41,6 @@ def test_oks_nms_drops_near_duplicates_and_keeps_best_first():
   np.testing.assert_array_equal(keep, [1, 2])
 
 
-def _reference_nms(kpts, scores, areas, thr, sigmas):
-  """The documented loop (MMPose nms.py), one pair at a time."""
-  order = list(np.argsort(scores)[::-1])
-  keep = []
-  var = (2 * sigmas) ** 2
-  while order:
-    i = order.pop(0)
-    keep.append(i)
-    rest = []
-    for j in order:
-      d2 = ((kpts[j, :, :2] - kpts[i, :, :2]) ** 2).sum(-1)
-      e = d2 / var / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
-      if np.mean(np.exp(-e)) <= thr:
-        rest.append(j)
-    order = rest
-  return keep
-
-
 def test_oks_nms_matches_the_reference_loop_on_random_crowds():
   rng = np.random.default_rng(0)
   sigmas = np.linspace(0.02, 0.1, 17)
@@ -66,7 +49,7 @@ def test_oks_nms_matches_the_reference_loop_on_random_crowds():
     kpts = np.concatenate([base[rng.integers(0, 4, 12)] + rng.normal(0, 2, (12, 17, 2)),
                            rng.uniform(0, 1, (12, 17, 1))], -1).astype(np.float32)
     scores, areas = rng.uniform(0, 1, 12), rng.uniform(500, 5000, 12).astype(np.float32)
-    want = _reference_nms(kpts, scores, areas, 0.9, sigmas)
+    want = mm_oks_nms(kpts, scores, areas, 0.9, sigmas)
     assert list(postprocess.oks_nms(kpts, scores, areas, 0.9, sigmas)) == want
     # The row-by-row path for crowded images gives the same answer.
     assert list(postprocess.oks_nms(kpts, scores, areas, 0.9, sigmas, max_matrix=0)) == want
@@ -155,7 +138,7 @@ def test_coco_evaluator_equals_the_reference_pipeline_on_detector_boxes(fixtures
       good = [v for v in k[i, :, 2] if v > 0.2]
       sc.append((sum(good) / len(good) if good else 0.0) * rec.bbox_score[i])
     areas = np.prod(rec.scale_wh[rows] * 200, 1)
-    for j in _reference_nms(k[rows], np.asarray(sc), areas, 0.9, kp.COCO.sigmas_array):
+    for j in mm_oks_nms(k[rows], np.asarray(sc), areas, 0.9, kp.COCO.sigmas_array):
       results.append({"image_id": image_id, "category_id": 1, "score": float(sc[j]),
                       "keypoints": k[rows[j]].ravel().tolist()})
   assert len(results) < n                  # NMS removed some duplicates

@@ -296,12 +296,12 @@ def test_empty_files_give_empty_records(tmp_path):
 
 
 def test_read_split(fixtures_dir):
-  import ml_collections
-  cfg = ml_collections.ConfigDict(dict(
-      dataset="coco", root=str(fixtures_dir / "coco"), train_ann="test_coco.json",
-      train_images=".", val_ann="test_coco.json", val_images=".",
-      det_file="test_coco_det_AP_H_56.json", use_gt_bbox=False, det_score_thr=0.5,
-      input_size=(192, 256), padding=1.25))
+  from sbpose_jax import config as config_lib
+  cfg = config_lib.load("coco_res50", [
+      f"--config.data.root={fixtures_dir / 'coco'}", "--config.data.train_ann=test_coco.json",
+      "--config.data.train_images=.", "--config.data.val_ann=test_coco.json",
+      "--config.data.val_images=.", "--config.data.det_file=test_coco_det_AP_H_56.json",
+      "--config.data.use_gt_bbox=False", "--config.data.det_score_thr=0.5"]).data
   assert len(readers.read_split(cfg, "train")) == 12
   val = readers.read_split(cfg, "val")
   assert len(val) > 12 and (val.bbox_score >= 0.5).all() and (val.ann_ids == -1).all()

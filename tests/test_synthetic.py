@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from sbpose_jax import config as config_lib
 from sbpose_jax.data import synthetic
 
 SIZE = (128, 96)
@@ -105,10 +106,9 @@ def test_ensure_synthetic_idempotent_and_checked(tmp_path):
 
 
 def test_ensure_from_config(tmp_path):
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  cfg = ml_collections.ConfigDict({"data": {"root": str(tmp_path / "d")}})
+  cfg = config_lib.load("coco_res50", [f"--config.data.root={tmp_path / 'd'}"])
   assert synthetic.ensure_from_config(cfg) is None and not (tmp_path / "d").exists()
-  cfg.synthetic = {"num_train": 2, "num_val": 1, "seed": 0, "image_size": (64, 48)}
+  cfg.synthetic.update(enabled=True, num_train=2, num_val=1, seed=0, image_size=(64, 48))
   root = synthetic.ensure_from_config(cfg)
   assert (root / "annotations" / "person_keypoints_val.json").is_file()
   assert len(list((root / "train").glob("*.jpg"))) == 2

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import keypoints, models, saved_model as sm, track, video
+from sbpose_jax import keypoints, saved_model as sm, track, video
 from sbpose_jax.data import synthetic
 from sbpose_jax.tracking import matching, tracker
 

@@ -1,9 +1,9 @@
 """Training: configs, BatchNorm groups, init, workdir safety, NaN stop, the fixture run and
 kill -9 + resume (subprocesses).
 
-Tiny models throughout: ResNet-18 with 16-channel deconvs at 96x96 input. (XLA:CPU runs a 3x3
-conv on a 2x2 map 30x slower than on 3x3, so inputs below 96 px, whose last stage is 2x2, are
-slower, not faster; docs/benchmarks.md.)
+Tiny models throughout: ResNet-18 of base width 8 with 16-channel deconvs at 96x96 input.
+(XLA:CPU runs a 3x3 conv on a 2x2 map 30x slower than on 3x3, so inputs below 96 px, whose last
+stage is 2x2, are slower, not faster; docs/benchmarks.md.)
 """
 import json
 import os
@@ -29,7 +29,8 @@ from sbpose_jax import workdir as workdir_lib
 from sbpose_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY_MODEL = ["--config.model.depth=18", "--config.model.deconv_filters=(16,16,16)",
+TINY_MODEL = ["--config.model.depth=18", "--config.model.width=8",
+              "--config.model.deconv_filters=(16,16,16)",
               "--config.init_checkpoint="]
 TINY_INPUT = ["--config.data.input_size=(96,96)", "--config.data.heatmap_size=(24,24)"]
 
@@ -85,7 +86,7 @@ def test_config_override_typo_lists_valid_keys(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5,
+  model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5, width=8,
                                                        deconv_filters=(8, 8, 8)))
   return model, jax.device_get(ts.init_variables(model, 0, (96, 96)))
 
@@ -140,22 +141,6 @@ def test_init_from_saved_backbone(tmp_path, tiny_model):
                                 other["params"]["conv1"]["kernel"])
   np.testing.assert_array_equal(got["params"]["final_layer"]["kernel"],
                                 variables["params"]["final_layer"]["kernel"])
-
-
-def test_workdir_of_another_config_is_refused(tmp_path):
-  a = config_lib.load("coco_res50")
-  workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))  # no checkpoint: replaced
-  workdir_lib.check_config(tmp_path, a)
-  (tmp_path / workdir_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
-  workdir_lib.check_config(tmp_path, config_lib.load(
-      "coco_res50", ["--config.log_every_steps=7", "--config.max_steps=3"]))  # operational
-  with pytest.raises(ValueError, match=r"another config.*optim\.lr"):
-    workdir_lib.check_config(tmp_path, config_lib.load("coco_res50", ["--config.optim.lr=1e-3"]))
-  with pytest.raises(ValueError, match="model.depth"):
-    workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))
-  (tmp_path / "b" / workdir_lib.CHECKPOINT_DIR / "5").mkdir(parents=True)
-  with pytest.raises(ValueError, match="no config.json"):
-    workdir_lib.check_config(tmp_path / "b", a)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -236,7 +221,8 @@ def _demo_command(root, workdir, steps):
   return [sys.executable, "-m", "sbpose_jax.train", "--config", "demo", "--workdir",
           str(workdir), "--no-progress", f"--config.data.root={root}",
           "--config.synthetic.num_train=6", "--config.synthetic.num_val=3",
-          "--config.synthetic.seed=3", "--config.data.val_ann=annotations/person_keypoints_train.json",
+          "--config.synthetic.seed=3",
+          "--config.data.val_ann=annotations/person_keypoints_train.json",
           "--config.data.val_images=train", "--config.batch_size_per_device=8",
           "--config.data.num_workers=0", f"--config.max_steps={steps}",
           "--config.checkpoint_every_steps=2", "--config.log_every_steps=2",

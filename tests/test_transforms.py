@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import mm_get_affine_transform
 from sbpose_jax import geometry
 from sbpose_jax import heatmaps
 from sbpose_jax import keypoints
@@ -17,26 +18,6 @@ INPUT_WH, HEATMAP_WH = (192, 256), (48, 64)
 
 
 # --- MMPose 0.x's pipeline, re-implemented here; randomness from the same generator -------------
-def _mm_affine(center, scale, rot, output_size):
-  scale_tmp = np.asarray(scale, np.float32) * 200.0
-  src_w = scale_tmp[0]
-  rot_rad = np.pi * rot / 180
-  sn, cs = np.sin(rot_rad), np.cos(rot_rad)
-  pt = [0., src_w * -0.5]
-  src_dir = np.array([pt[0] * cs - pt[1] * sn, pt[0] * sn + pt[1] * cs])
-
-  def third(a, b):
-    d = a - b
-    return b + np.array([-d[1], d[0]], dtype=np.float32)
-  src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
-  src[0], src[1] = center, center + src_dir
-  src[2] = third(src[0], src[1])
-  dst[0] = [output_size[0] * 0.5, output_size[1] * 0.5]
-  dst[1] = np.array([output_size[0] * 0.5, output_size[1] * 0.5]) + [0., output_size[0] * -0.5]
-  dst[2] = third(dst[0], dst[1])
-  return cv2.getAffineTransform(src, dst)
-
-
 def _mm_half_body(joints, vis, rng):
   upper, lower = [], []
   for j in range(len(joints)):
@@ -85,7 +66,7 @@ def mm_train_pipeline(img, center, scale, joints, vis, rng):
   rot = r_factor if rng.random() <= 0.6 else 0
   seen.add("rotation" if rot else "no_rotation")
   scale = scale * np.float32(s_factor)          # numpy 1: float32 array ⊗ float64 scalar
-  trans = _mm_affine(center, scale, rot, INPUT_WH)
+  trans = mm_get_affine_transform(center, scale, rot, INPUT_WH)
   crop = cv2.warpAffine(img, trans, INPUT_WH, flags=cv2.INTER_LINEAR)
   for i in range(len(joints)):
     if vis[i] > 0.0:

@@ -159,7 +159,7 @@ def worker_init(worker_index: int, worker_count: int) -> None:
 
 def prepare_multiprocessing() -> None:
   """`mp_prefetch` outside `absl.app.run` needs parsed absl flags (google/grain#1355)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # why: only grain worker processes need absl flags parsed
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -390,7 +390,7 @@ def global_batches(batches: Iterator[Element], sharding) -> Iterator[Element]:
   global batch (process_count × B rows). JAX is imported here only, so that worker processes,
   which import this module, never load it.
   """
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # why: grain workers import this module and must not load JAX
   for batch in batches:
     yield {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
            for k, v in batch.items()}

@@ -373,12 +373,12 @@ def ensure_synthetic(root, num_images: Mapping[str, int] | None = None, seed: in
 
 
 def ensure_from_config(config) -> pathlib.Path | None:
-  """Generates `config.data.root` if the config has a `synthetic` section (configs/demo.py).
+  """Generates `config.data.root` if `config.synthetic.enabled` (configs/demo.py).
 
   The section holds num_train, num_val, seed and image_size (W, H). Returns the root, or None
   when the config is not a synthetic one (nothing to do).
   """
-  if "synthetic" not in config or not config.synthetic:
+  if not config.synthetic.enabled:
     return None
   s = config.synthetic
   return ensure_synthetic(config.data.root, {"train": s.num_train, "val": s.num_val},

@@ -166,7 +166,7 @@ def score_results_file(eval_type: str, ann_file: str, results_file: str, **kw
 def _mpii_results(path: str, n: int) -> np.ndarray:
   """(n, 16, 2) 0-based predictions from our keypoints.json or MMPose's pred.mat (1-based)."""
   if path.endswith(".mat"):
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # why: scipy serves only MPII's .mat files
     preds = np.asarray(loadmat(path).get("preds", np.zeros(0)), np.float64)
     if preds.ndim != 3 or preds.shape[1:] != (16, 2) or len(preds) != n:
       raise ValueError(f"{path}: 'preds' must have shape ({n}, 16, 2), got {preds.shape}")

@@ -125,6 +125,7 @@ def _run_cocoeval(gt: dict, results: list[dict], sigmas, iou_type: str, backend:
   with quiet, warnings.catch_warnings():
     warnings.simplefilter("ignore")
     if backend == "faster_coco_eval":
+      # why (here and below): optional metric backends, the one chosen is imported
       from faster_coco_eval import COCO, COCOeval_faster
       coco_gt = COCO(gt)
       coco_dt = coco_gt.loadRes(results)

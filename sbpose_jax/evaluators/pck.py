@@ -58,7 +58,7 @@ def load_mpii_gt(path: str) -> dict[str, np.ndarray]:
     return {"pos_gt_src": joints.transpose(1, 2, 0), "headboxes_src": boxes.transpose(1, 2, 0),
             "jnt_missing": 1 - np.asarray([a["joints_vis"] for a in anns], np.float64).T,
             "joint_names": list(MAT_JOINTS)}
-  from scipy.io import loadmat
+  from scipy.io import loadmat  # why: scipy serves only MPII's .mat files
   try:
     m = loadmat(path)
     return {"pos_gt_src": np.asarray(m["pos_gt_src"], np.float64),

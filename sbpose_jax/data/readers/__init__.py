@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import pathlib
 
-from sbpose_jax.data.readers.coco_style import (read_aic, read_coco, read_coco_wholebody,
-                                                read_crowdpose, read_detections, read_ochuman,
-                                                read_posetrack18)
+from sbpose_jax.data.readers.coco_style import (box_to_center_scale, read_aic, read_coco,
+                                                read_coco_wholebody, read_crowdpose,
+                                                read_detections, read_ochuman, read_posetrack18)
 from sbpose_jax.data.readers.common import load_json
 from sbpose_jax.data.readers.mpii_style import read_mpii, read_mpii_gt_mat, read_mpii_trb
 from sbpose_jax.data.records import Records
+from sbpose_jax.sizes import Sizes
 
-__all__ = ["READERS", "read", "read_split", "load_json", "read_aic", "read_coco",
-           "read_coco_wholebody", "read_crowdpose", "read_detections", "read_ochuman",
+__all__ = ["READERS", "read", "read_split", "load_json", "box_to_center_scale", "read_aic",
+           "read_coco", "read_coco_wholebody", "read_crowdpose", "read_detections", "read_ochuman",
            "read_posetrack18", "read_mpii", "read_mpii_gt_mat", "read_mpii_trb"]
 
 READERS = {"coco": read_coco, "coco_wholebody": read_coco_wholebody, "ochuman": read_ochuman,
@@ -43,7 +44,7 @@ def read_split(data_cfg, split: str) -> Records:
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
   root = pathlib.Path(data_cfg.root)
   use_gt = True if split == "train" else bool(data_cfg.use_gt_bbox)
-  kw = dict(input_size=tuple(data_cfg.input_size), padding=data_cfg.padding)
+  kw = dict(input_size=Sizes.of(data_cfg).input_wh, padding=data_cfg.padding)
   if data_cfg.dataset not in ("mpii", "mpii_trb"):
     kw.update(use_gt_bbox=use_gt, det_score_thr=data_cfg.det_score_thr,
               det_file=None if use_gt else root / data_cfg.det_file)

@@ -25,7 +25,10 @@ WHOLEBODY_FIELDS = (("keypoints", 17), ("foot_kpts", 6), ("face_kpts", 68),
 
 
 def box_to_center_scale(bbox_xywh, input_size: Sequence[int], padding: float = 1.25):
-  """Boxes (N, 4) -> centre, scale (N, 2) float32 as the 2020 readers computed them (§1.1)."""
+  """Boxes (N, 4) -> centre, scale (N, 2) float32 as the 2020 readers computed them (§1.1).
+
+  The crop of a person box wherever one is made (readers, predict), so that they agree.
+  """
   box = np.asarray(bbox_xywh, np.float64).reshape(-1, 4)
   return geometry.box_to_center_scale(box, input_size[0] / input_size[1], padding,
                                       divide_in_float64=True)

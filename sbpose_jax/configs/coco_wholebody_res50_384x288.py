@@ -1,0 +1,10 @@
+"""COCO-WholeBody v1.0 val, ResNet-50, 384x288, sigma 3."""
+from sbpose_jax.configs import _recipes
+from sbpose_jax.configs import coco_wholebody_res50
+
+
+def get_config():
+  c = coco_wholebody_res50.get_config()
+  c.name = "coco_wholebody_res50_384x288"
+  _recipes.set_input_size(c, 288, 384, sigma=3)
+  return c

@@ -1,0 +1,10 @@
+"""CrowdPose test with YOLOv3 boxes, ResNet-152, 256x192."""
+from sbpose_jax.configs import _recipes
+from sbpose_jax.configs import crowdpose_res50
+
+
+def get_config():
+  c = crowdpose_res50.get_config()
+  c.name = "crowdpose_res152"
+  _recipes.set_depth(c, 152)
+  return c

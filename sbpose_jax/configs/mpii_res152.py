@@ -1,0 +1,10 @@
+"""MPII val (PCKh), ResNet-152, 256x256."""
+from sbpose_jax.configs import _recipes
+from sbpose_jax.configs import mpii_res50
+
+
+def get_config():
+  c = mpii_res50.get_config()
+  c.name = "mpii_res152"
+  _recipes.set_depth(c, 152)
+  return c

@@ -1,0 +1,308 @@
+"""Exported files: the test-time pipeline as one function, written as StableHLO or ONNX,
+checked against JAX, described by a json beside the file, and loaded back.
+
+The library half of `python -m sbpose_jax.export` (the command) that `api.PoseEstimator.load`
+reads exported files with. What the exported function takes and returns: export.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+FORMATS = ("stablehlo", "onnx")
+COORDS = ("image", "crop")
+CHECK_BATCHES = (1, 3, 17)
+MAX_DX_PX = 1e-3
+MAX_DSCORE = 1e-4
+SIDECAR_VERSION = 1
+INPUT_NAMES = ("crops", "center", "scale")
+OUTPUT_NAMES = ("keypoints", "scores")
+PLATFORMS = ("cpu", "cuda")   # StableHLO lowered for both: deployable on CPUs and NVIDIA GPUs
+
+
+def sidecar_path(path) -> pathlib.Path:
+  """`<file>.json`: the description written beside an exported file."""
+  return pathlib.Path(f"{path}.json")
+
+
+# ------------------------------------------------------------------------ the exported function
+
+def keypoints_function(model, variables, settings, input_wh: Sequence[int], coords: str
+                       ) -> Callable:
+  """The test-time pipeline as one jnp function of uint8 crops.
+
+  Args:
+    model: a PoseResNet (the export uses `models.export_form(model)`, the same function).
+    variables: {"params", "batch_stats"}; baked into the function as constants.
+    settings: `inference.InferenceSettings` (flip, shift, decode, blur kernel, flip index,
+      heatmap size, data_order = the crops' colour order, model_order = the weights').
+    input_wh: (W, H) crop size.
+    coords: "image" → fn(crops, center, scale); "crop" → fn(crops).
+  Returns:
+    fn(...) -> (keypoints (B, K, 2) float32, scores (B, K) float32).
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import heatmaps as heatmaps_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+  if coords not in COORDS:
+    raise ValueError(f"coords must be one of {COORDS}, got {coords!r}")
+
+  def apply_fn(x):
+    return model.apply(variables, x, train=False)
+
+  def decode(crops):
+    hm = inference.predict_heatmaps(apply_fn, crops, settings)
+    if settings.decode == "default":
+      return heatmaps_lib.decode_default_jnp(hm)
+    return heatmaps_lib.decode_unbiased_jnp(hm, settings.blur_kernel)
+
+  if coords == "crop":
+    unit = np.asarray(input_wh, np.float32) / np.asarray(settings.heatmap_wh, np.float32)
+
+    def crop_fn(crops):
+      xy, scores = decode(crops)
+      return xy * jnp.asarray(unit), scores
+    return crop_fn
+
+  def image_fn(crops, center, scale):
+    xy, scores = decode(crops)
+    return heatmaps_lib.transform_preds_jnp(xy, center, scale, settings.heatmap_wh), scores
+  return image_fn
+
+
+def _arg_specs(input_wh, coords: str, batch):
+  import jax  # pylint: disable=import-outside-toplevel
+  w, h = input_wh
+  specs = [jax.ShapeDtypeStruct((batch, h, w, 3), np.uint8)]
+  if coords == "image":
+    specs += [jax.ShapeDtypeStruct((batch, 2), np.float32)] * 2
+  return specs
+
+
+def _need_flatbuffers() -> None:
+  try:
+    import flatbuffers  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise ValueError("StableHLO (de)serialization needs the flatbuffers package: "
+                     "pip install flatbuffers") from None
+
+
+def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS) -> bytes:
+  """Serialized `jax.export.Exported` of `fn` with a symbolic batch "B", lowered for each of
+  `platforms` (the file then runs on any of them; lowering needs no such device here)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  _need_flatbuffers()
+  batch, = jax.export.symbolic_shape("B")
+  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
+      *_arg_specs(input_wh, coords, batch))
+  return bytes(exported.serialize())
+
+
+def to_onnx(fn, input_wh, coords: str, opset: int = 17) -> bytes:
+  """ONNX model bytes of `fn` through jax2onnx, batch dimension "B"."""
+  try:
+    from jax2onnx import to_onnx as j2o  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError("ONNX export needs jax2onnx: pip install 'sbpose_jax[export]'") from None
+  specs = _arg_specs(input_wh, coords, "B")
+  model = j2o(fn, specs, model_name="sbpose_jax", opset=opset,
+              input_names=list(INPUT_NAMES[:len(specs)]), output_names=list(OUTPUT_NAMES))
+  # jax2onnx 0.17 leaves NHWC shapes in value_info after moving convolutions to NCHW, which
+  # onnxruntime's shape inference rejects ("Incompatible dimensions"); the graph itself is
+  # right, and the declared inputs and outputs keep their shapes.
+  del model.graph.value_info[:]
+  return model.SerializeToString()
+
+
+# ----------------------------------------------------------------------- running an exported file
+
+def stablehlo_runner(data: bytes, where: str = "StableHLO file") -> Callable:
+  """fn(*arrays) -> tuple of numpy arrays for serialized `jax.export` bytes."""
+  import jax  # pylint: disable=import-outside-toplevel
+  _need_flatbuffers()
+  try:
+    exported = jax.export.deserialize(bytearray(data))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{where}: not a serialized jax.export module ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  call = jax.jit(exported.call)
+
+  def run(*arrays):
+    return tuple(np.asarray(a) for a in call(*arrays))
+  run.exported = exported
+  return run
+
+
+def onnx_runner(data: bytes, where: str = "ONNX file", threads: int = 0) -> Callable:
+  """fn(*arrays) -> tuple of numpy arrays, run by onnxruntime on the CPU."""
+  try:
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError("running ONNX files needs onnxruntime: pip install onnxruntime") from None
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = threads
+  opts.log_severity_level = 3
+  try:
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{where}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+  names = [i.name for i in session.get_inputs()]
+
+  def run(*arrays):
+    return tuple(session.run(None, dict(zip(names, arrays))))
+  run.session = session
+  return run
+
+
+def runner(fmt: str, data: bytes, where: str) -> Callable:
+  if fmt == "stablehlo":
+    return stablehlo_runner(data, where)
+  if fmt == "onnx":
+    return onnx_runner(data, where)
+  raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def check_crops(input_wh: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
+  """(count, H, W, 3) uint8 RGB crops of rendered people (data/synthetic), deterministic."""
+  from sbpose_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  w, h = input_wh
+  return np.stack([synthetic.render_image(rng, w, h)[0][..., ::-1] for _ in range(count)])
+
+
+def check_args(crops: np.ndarray, coords: str, seed: int = 0) -> tuple[np.ndarray, ...]:
+  """The exported function's arguments for `crops`: centre/scale of plausible boxes."""
+  if coords == "crop":
+    return (crops,)
+  rng = np.random.default_rng(seed)
+  b = len(crops)
+  center = rng.uniform(50, 600, (b, 2)).astype(np.float32)
+  scale = rng.uniform(0.3, 3.0, (b, 2)).astype(np.float32)
+  return crops, center, scale
+
+
+def compare(run_exported: Callable, reference: Callable, crops: np.ndarray, coords: str,
+            batches: Sequence[int] = CHECK_BATCHES) -> dict:
+  """Max differences of keypoints (in crop pixels) and scores over the given batch sizes.
+
+  Image-space differences are divided by the crop's pixel size (scale·200 / W), so the limit
+  is one number for every box size.
+  """
+  worst = {"max_dx_px": 0.0, "max_dscore": 0.0, "batches": list(batches)}
+  for b in batches:
+    args = check_args(np.resize(crops, (b,) + crops.shape[1:]), coords, seed=b)
+    got = run_exported(*args)
+    want = [np.asarray(a) for a in reference(*args)]
+    dx = np.abs(np.asarray(got[0], np.float64) - want[0])
+    if coords == "image":
+      px = args[2].astype(np.float64) * 200.0 / crops.shape[2]
+      dx = dx / px[:, None, :]
+    worst["max_dx_px"] = max(worst["max_dx_px"], float(np.max(dx)))
+    worst["max_dscore"] = max(worst["max_dscore"], float(np.max(np.abs(got[1] - want[1]))))
+  return worst
+
+
+def sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------------- the sidecar
+
+def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data: bytes,
+             check: dict, opset: int | None, platforms: Sequence[str] = PLATFORMS) -> dict:
+  """The json written beside the exported file: all a user of the file needs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import sbpose_jax  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import geometry, keypoints  # pylint: disable=import-outside-toplevel
+  info = keypoints.get(dataset)
+  w, h = (int(v) for v in input_wh)
+  inputs = [{"name": "crops", "shape": ["B", h, w, 3], "dtype": "uint8",
+             "meaning": "person crops, RGB (see crop)"}]
+  if coords == "image":
+    inputs += [{"name": "center", "shape": ["B", 2], "dtype": "float32",
+                "meaning": "crop centre x, y in image pixels"},
+               {"name": "scale", "shape": ["B", 2], "dtype": "float32",
+                "meaning": "crop width, height in pixels / 200"}]
+  where = "image pixels" if coords == "image" else "crop pixels"
+  out = {
+      "sidecar_version": SIDECAR_VERSION, "format": fmt, "coords": coords,
+      "sha256": sha256(data), "file_bytes": len(data),
+      "inputs": inputs,
+      "outputs": [{"name": "keypoints", "shape": ["B", info.num_joints, 2], "dtype": "float32",
+                   "meaning": f"joint x, y in {where} (pixel centres at integers)"},
+                  {"name": "scores", "shape": ["B", info.num_joints], "dtype": "float32",
+                   "meaning": "heatmap maximum per joint (confidence)"}],
+      "input_size": [w, h], "heatmap_size": [int(v) for v in settings.heatmap_wh],
+      "input_colour_order": settings.data_order, "model_colour_order": settings.model_order,
+      "normalisation": {"inside": True, "mean": list(geometry.IMAGENET_MEAN_RGB),
+                        "std": list(geometry.IMAGENET_STD_RGB),
+                        "formula": "(x / 255 - mean) / std per channel index, in the model's "
+                                   "colour order"},
+      "flip_test": settings.flip, "shift_heatmap": settings.shift, "decode": settings.decode,
+      "crop": {"padding": 1.25, "pixel_std": geometry.PIXEL_STD, "aspect_ratio": w / h,
+               "rule": "box x, y, w, h -> centre (x + w/2, y + h/2); enlarge w or h to the "
+                       "aspect ratio; scale = (w, h) * padding / pixel_std; crop = cv2.warpAffine"
+                       " of the image with the 3-point affine of (centre, scale) to (W, H), "
+                       "bilinear, zero border"},
+      "dataset": dataset, "joint_names": list(info.joint_names),
+      "flip_pairs": [list(p) for p in info.flip_pairs],
+      "skeleton": [list(p) for p in info.skeleton],
+      "architecture": json.loads(meta.to_json()),
+      "check": check, "sbpose_jax_version": sbpose_jax.__version__, "jax_version": jax.__version__,
+  }
+  if fmt == "onnx":
+    out["onnx_opset"] = opset
+  else:
+    out["platforms"] = list(platforms)
+  return out
+
+
+def read_sidecar(path) -> dict:
+  """The json beside an exported file (ValueError naming the file when absent or invalid)."""
+  side = sidecar_path(path)
+  if not side.is_file():
+    raise FileNotFoundError(f"{side}: the description written beside {path} by "
+                            "`python -m sbpose_jax.export` is missing")
+  try:
+    desc = json.loads(side.read_text())
+    missing = [k for k in ("input_size", "format", "coords", "sha256", "joint_names", "crop",
+                           "dataset", "input_colour_order") if k not in desc]
+    if missing:
+      raise KeyError(f"no {', '.join(missing)}")
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{side}: not a valid export description ({e})") from None
+  return desc
+
+
+def load_exported(path) -> tuple[Callable, dict]:
+  """(run, description) of an exported file, refused unless it is the file its json describes.
+
+  The file's sha256 must match the json's (a file of another model, or a damaged one, is
+  refused before it is run), and for StableHLO the module's input and output shapes must be
+  the described ones.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such exported model file")
+  desc = read_sidecar(path)
+  data = path.read_bytes()
+  if sha256(data) != desc["sha256"]:
+    raise ValueError(f"{path}: does not match {sidecar_path(path)} (sha256 differs): the file "
+                     "was replaced by another export or damaged; export it again")
+  run = runner(desc["format"], data, str(path))
+  if desc["format"] == "stablehlo":
+    w, h = desc["input_size"]
+    k = len(desc["joint_names"])
+    ins = [tuple(str(d) if not isinstance(d, int) else d for d in a.shape)
+           for a in run.exported.in_avals]
+    outs = [tuple(a.shape[1:]) for a in run.exported.out_avals]
+    if ins[0][1:] != (h, w, 3) or outs != [(k, 2), (k,)]:
+      raise ValueError(f"{path}: module takes {ins} and returns {outs}, but "
+                       f"{sidecar_path(path)} describes {w}x{h} crops and {k} joints")
+  return run, desc
+
+
