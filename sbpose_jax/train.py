@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import evaluators
 from sbpose_jax import heatmaps as heatmaps_lib
@@ -190,13 +191,15 @@ def _check_batch(config, n_devices: int) -> tuple[int, int]:
   return global_batch, (0 if group >= global_batch else group)
 
 
-def _train_iterator(records, config):
-  """This process's batches: batch_size_per_device x local devices rows, targets made on the
-  device from `joints` (less host work and IPC; ecosystem-notes §1c)."""
+def _train_iterator(records, config, start_step: int = 0):
+  """This process's batches from the one of `start_step` on: batch_size_per_device x local
+  devices rows, targets made on the device from `joints` (less host work and IPC;
+  ecosystem-notes §1c). The stream is a function of the step alone, so a resumed run needs no
+  saved iterator state and may use another data.num_workers."""
   ds = pipeline.train_dataset(
       records, config, batch_size=int(config.batch_size_per_device) * jax.local_device_count(),
       seed=int(config.seed), process_index=jax.process_index(),
-      process_count=jax.process_count(), host_targets=False)
+      process_count=jax.process_count(), host_targets=False, start_batch=start_step)
   return iter(ds)
 
 
@@ -227,11 +230,14 @@ def _flush_metrics(run: _Run, step: int, log: bool) -> None:
   if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
     run.ckpts.wait()
     last = run.ckpts.latest_step()
+    kept = (f"The last good checkpoint is step {last} in {run.ckpts.directory} and is kept"
+            if last is not None else "No checkpoint was written yet, so a re-run starts over")
+    lower = float(run.config.optim.lr) / 10 if run.config is not None else 1e-4
     raise TrainingDiverged(
         f"the loss became {'nan/inf' if not math.isfinite(loss_sum) else 'finite'} (gradient "
-        f"norm {grad_norm}) at or before step {step}; training stopped. The last good "
-        f"checkpoint is step {last} in {run.ckpts.directory} and is kept. Lower optim.lr or "
-        "check the data, then re-run the command to resume from it.")
+        f"norm {grad_norm}) at or before step {step}; training stopped. {kept}. Lower the "
+        f"learning rate (e.g. --config.optim.lr={lower:g}) or check the data, then re-run "
+        "the command" + (" to resume from it." if last is not None else "."))
   if not log:
     return
   now = time.perf_counter()
@@ -318,8 +324,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       another config.
   """
   workdir = pathlib.Path(workdir)
+  config_lib.check_sizes(config)   # before anything is compiled
+  say = print if jax.process_index() == 0 else (lambda *_: None)
+  with workdir_lib.WorkdirLock(workdir, log=say):
+    return _train_locked(config, workdir, progress, return_state, say)
+
+
+def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: bool, say):
+  """train_and_evaluate, holding the workdir's lock."""
   # --- Data, sizes, schedule, model.
-  workdir_lib.check_config(workdir, config)
+  for change in workdir_lib.check_config(workdir, config):
+    say(f"config change on resume: {change}")
   info = keypoints.get(config.data.dataset)
   train_records = _prepare_data(config)
   global_batch, group = _check_batch(config, jax.device_count())
@@ -339,11 +354,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
              train_log.RunLogger(workdir, stop, 0, enabled=False))
-  # --- State and data position: fresh, or from the latest complete checkpoint.
+  # --- State and data position: fresh, or from the newest checkpoint that restores.
   state, start = _initial_state(run, tx, replicated)
-  train_iter = _train_iterator(train_records, config)
   if start:
-    state = ckpts.restore(state, train_iter, start)
+    state, start = ckpts.restore_newest(state, log=say)
+    if state is None:  # every checkpoint was moved aside
+      state, start = _initial_state(run, tx, replicated)
+  train_iter = _train_iterator(train_records, config, start)
   run.logger = train_log.RunLogger(workdir, stop, start, enabled=is_main, progress=progress)
   run.logger.message(
       f"{config.name}: {len(train_records)} training instances, global batch {global_batch} "
@@ -351,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       f"{jax.process_count()} process(es)), {epoch_steps} steps/epoch, steps {start}->{stop} "
       f"of {total}" + (f"; resumed from step {start}" if start else ""))
   results = {}
+  step = start
   try:
     if start == 0 and config.eval_at_start and config.evals:
       results = _evaluate(run, state, 0, list(config.evals))
@@ -378,19 +396,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       elif step == stop:
         _save_models(run, state, step, {}, last=True)
       if save:
-        ckpts.save(step, state, train_iter, None if score is None else {"score": score})
+        ckpts.save(step, state, None, None if score is None else {"score": score})
     if start == stop and workdir_lib.last_step(workdir) != stop:
       # Killed between the last checkpoint and model_last: finish the job.
       results = _evaluate(run, state, stop, list(config.evals)) if config.evals else {}
       _save_models(run, state, stop, results, last=True)
     elif start == stop:
       run.logger.message(f"{workdir} already holds the finished run (step {stop}).")
+  except KeyboardInterrupt:
+    _close(run, train_iter, interrupted_at=step)
+    raise
+  except BaseException:
+    _close(run, train_iter)
+    raise
+  _close(run, train_iter)
+  return (results, state) if return_state else results
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C; the message says which step a re-run resumes from."""
+
+
+def _close(run: _Run, train_iter, interrupted_at: int | None = None) -> None:
+  """Finishes the pending checkpoint (a second Ctrl-C abandons it), stops the data workers.
+
+  After an interruption raises Interrupted naming the step a re-run resumes from.
+  """
+  abandoned = False
+  try:
+    run.ckpts.close()
+  except KeyboardInterrupt:
+    abandoned = True  # the partial step stays a tmp directory, which orbax deletes on re-run
   finally:
-    ckpts.close()
     run.logger.close()
     if hasattr(train_iter, "close"):  # grain workers and their shared memory
       train_iter.close()
-  return (results, state) if return_state else results
+  if interrupted_at is None and not abandoned:
+    return
+  resume = workdir_lib.latest_step(run.workdir)
+  raise Interrupted(
+      f"interrupted at step {interrupted_at}" + ("; the checkpoint being written was abandoned"
+                                                 if abandoned else "") +
+      (f"; re-running the same command resumes from step {resume}" if resume is not None else
+       "; no checkpoint was written yet, so a re-run starts from the beginning")) from None
 
 
 # ------------------------------------------------------------------------- command line
@@ -433,34 +481,24 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                  help="auto: initialise jax.distributed on SLURM/Open MPI/Cloud TPU or with "
                       "--coordinator-address; on: always; off: never")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--no-progress", action="store_true",
+                 help="no progress bar: one line per log step (config.log_every_steps)")
+  cli.add_debug_flag(p)
   return p
 
 
-def main(argv=None) -> int:
-  parser = _parser()
-  args, rest = parser.parse_known_args(argv)
-  unknown = [a for a in rest if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)} (config overrides look like "
-                 "--config.optim.lr=1e-3)")
-  debug = bool(os.environ.get("SBPOSE_DEBUG"))
+def _command(args, overrides) -> int:
+  init_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                   args.distributed)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
+  config = config_lib.load(args.config, overrides)
+  workdir = args.workdir or os.path.join("runs", config.name)
   try:
-    init_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                     args.distributed)
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
-    config = config_lib.load(args.config, rest)
-    workdir = args.workdir or os.path.join("runs", config.name)
     results = train_and_evaluate(config, workdir, progress=not args.no_progress)
   except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
-    return 3
-  except (ValueError, FileNotFoundError) as e:
-    if debug:
-      raise
-    print(f"error: {e}\n(set SBPOSE_DEBUG=1 to see the traceback)", file=sys.stderr)
-    return 2
+    return cli.EXIT_DIVERGED
   if jax.process_index() == 0 and results:
     for name, metrics in results.items():
       print(f"{name} ({config.evals[name].type}) at the end of training:")
@@ -468,6 +506,11 @@ def main(argv=None) -> int:
     print(f"models: {os.path.join(workdir, 'model_last')} (and model_best); logs: "
           f"{os.path.join(workdir, 'metrics.jsonl')}, TensorBoard {os.path.join(workdir, 'tb')}")
   return 0
+
+
+def main(argv=None) -> int:
+  """The command line; returns the exit status (cli.py: one line per error, --debug)."""
+  return cli.run(_command, _parser(), argv)
 
 
 if __name__ == "__main__":
