@@ -52,7 +52,7 @@ def setup_logging(debug: bool = False) -> logging.Logger:
   log.setLevel(logging.DEBUG if debug else logging.INFO)
   if not debug:
     for name in ("absl", "orbax", "grain", "jax._src.xla_bridge"):
-      logging.getLogger(name).setLevel(logging.ERROR)
+      logging.getLogger(name).setLevel(logging.CRITICAL)
   return log
 
 

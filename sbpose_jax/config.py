@@ -144,8 +144,9 @@ def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[s
     d.heatmap_size = expected
     notes.append(f"data.heatmap_size = {expected} (derived from data.input_size {input_wh})")
     if "data.sigma" not in overridden:
-      d.sigma = round(float(d.sigma) * expected[1] / old_h, 3)
-      notes.append(f"data.sigma = {d.sigma} (scaled with the heatmap height; override "
+      # The Gaussian patch is 6 sigma + 1 pixels wide: 3 sigma stays an integer.
+      d.sigma = max(1, round(3 * float(d.sigma) * expected[1] / old_h)) / 3
+      notes.append(f"data.sigma = {d.sigma:.4g} (scaled with the heatmap height; override "
                    "--config.data.sigma to choose another)")
   return notes
 
@@ -166,8 +167,9 @@ def check_sizes(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.heatmap_size {tuple(d.heatmap_size)} does not match the network's "
                      f"output {expected} for data.input_size {input_wh}; set "
                      f"--config.data.heatmap_size=\"{expected}\" (or leave it out)")
-  if not float(d.sigma) > 0:
-    raise ValueError(f"data.sigma must be positive, got {d.sigma}")
+  if not float(d.sigma) > 0 or not (3 * float(d.sigma)).is_integer():
+    raise ValueError(f"data.sigma must be positive with 3 * sigma an integer (the Gaussian is "
+                     f"6 sigma + 1 pixels wide), got {d.sigma}")
 
 
 def eval_config(config: ml_collections.ConfigDict, name: str | None = None
