@@ -23,13 +23,13 @@ from typing import Sequence
 import jax
 import ml_collections
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import evaluators
 from sbpose_jax import inference
 from sbpose_jax import saved_model
 from sbpose_jax import workdir
 from sbpose_jax.data import readers
-from sbpose_jax.data.pipeline import BadImageError
 from sbpose_jax.evaluators import loop
 
 
@@ -153,21 +153,18 @@ def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
   return path
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-  args, overrides = parse_args(argv)
-  try:
-    config = config_lib.load(args.config, overrides)
-    cfg, eval_type = config_lib.eval_config(config, args.eval)
-    apply_flags(cfg, args)
-    if args.results:
-      metrics = score_results(cfg, eval_type, args.results)
-    else:
-      metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
-                               progress=not args.quiet)
-  except (ValueError, FileNotFoundError, BadImageError) as e:
-    # One clear line for the user instead of a traceback.
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from e
+def _command(args, overrides, out: dict) -> int:
+  if bool(args.checkpoint) == bool(args.results):
+    raise ValueError("give exactly one of --checkpoint (evaluate a model) or --results (score "
+                     "a file)")
+  config = config_lib.load(args.config, overrides)
+  cfg, eval_type = config_lib.eval_config(config, args.eval)
+  apply_flags(cfg, args)
+  if args.results:
+    metrics = score_results(cfg, eval_type, args.results)
+  else:
+    metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
+                             progress=not args.quiet)
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
@@ -175,6 +172,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   path = write_metrics(args.out_dir, metrics, info)
   print(evaluators.format_table(metrics, eval_type))
   print(f"metrics written to {path}", file=sys.stderr)
+  out.update(metrics)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+  """The command line: returns the metrics; an error is one line (cli.py) and SystemExit with a
+  non-zero status."""
+  metrics = {}
+  status = cli.run(lambda args, rest: _command(args, rest, metrics), build_parser(), argv)
+  if status:
+    raise SystemExit(status)
   return metrics
 
 

@@ -349,3 +349,62 @@ def test_metrics_truncation_keeps_steps_up_to_the_resumed_one(tmp_path):
   assert train_log.truncate_metrics(path, 4) == 2
   kept = [json.loads(l) for l in path.read_text().splitlines()]
   assert kept == [rows[0], rows[1], rows[3]]
+
+
+# ------------------------------------------------------------ predict and evaluate inputs
+
+@pytest.fixture(scope="module")
+def tiny_saved_model(tmp_path_factory):
+  from test_evaluate import save_tiny_model  # pylint: disable=import-outside-toplevel
+  return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _predict_args(model_dir, out_dir, *inputs):
+  from test_evaluate import BATCH, SMALL  # pylint: disable=import-outside-toplevel
+  return ["--config", "coco_res50", "--checkpoint", str(model_dir), *map(str, inputs),
+          "--out-dir", str(out_dir), "--batch-size", str(BATCH), *SMALL]
+
+
+def test_predict_skips_an_unreadable_image_and_degenerate_boxes(
+    fixtures_dir, tiny_saved_model, tmp_path, capsys):
+  from sbpose_jax import predict  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "in"
+  folder.mkdir()
+  good = folder / "000000000785.jpg"
+  shutil.copy(fixtures_dir / "coco" / good.name, good)
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+  w, h = 640, 425   # 000000000785.jpg
+  boxes = tmp_path / "boxes.json"
+  boxes.write_text(json.dumps({good.name: [[10, 20, 200, 300, 0.9], [5, 5, 0, 40, 0.9],
+                                           [5, 5, 0.001, 0.001, 0.9],
+                                           [w + 10, 0, 50, 50, 0.9], [-80, -80, 50, 50, 0.9]]}))
+  pngs = predict.main(_predict_args(tiny_saved_model, tmp_path / "o", folder) +
+                      ["--boxes", str(boxes), "--no-nms"])
+  err = capsys.readouterr().err
+  assert [p.name for p in pngs] == [good.stem + ".png"]
+  assert "skipping an unreadable image" in err and "broken.jpg" in err
+  assert err.count("skipping box") == 4, err
+  assert "[5, 5, 0, 40]" in err and "[5, 5, 0.001, 0.001]" in err and "outside the 640x425" in err
+  (entry,) = json.loads((tmp_path / "o" / "predictions.json").read_text())["images"]
+  assert [i["bbox"] for i in entry["instances"]] == [[10, 20, 200, 300]]
+
+
+@pytest.mark.parametrize("case", ["no_score", "string_keypoint"])
+def test_bad_results_file_is_one_line(fixtures_dir, tmp_path, capsys, case):
+  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from test_evaluate import coco_args  # pylint: disable=import-outside-toplevel
+  gt = json.loads((fixtures_dir / "coco" / "test_coco.json").read_text())
+  res = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+         for a in gt["annotations"] if a["num_keypoints"] > 0]
+  if case == "no_score":
+    del res[1]["score"]
+  else:
+    res[1]["keypoints"][3] = "12.5"
+  path = tmp_path / "res.json"
+  path.write_text(json.dumps(res))
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--results", str(path)] + coco_args(fixtures_dir, tmp_path / "o"))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(path) in err[0] and "entry 1" in err[0], err
+  assert ("no 'score'" if case == "no_score" else "'12.5'") in err[0]

@@ -227,8 +227,14 @@ def check_results(results, num_joints: int, image_ids, source: str,
       raise ValueError(f"{source}: entry {i} (image {r['image_id']}) has {n} keypoint values "
                        f"= {n / 3:g} joints; the dataset has {num_joints} joints "
                        f"({3 * num_joints} values)")
-    values = np.asarray([v for k in keypoint_fields for v in r[k]] + [r.get("score", 0.0)],
-                        np.float64)
+    if "score" not in r:
+      raise ValueError(f"{source}: entry {i} (image {r['image_id']}) has no 'score'")
+    raw = [v for k in keypoint_fields for v in r[k]] + [r["score"]]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+      bad = next(v for v in raw if not isinstance(v, (int, float)) or isinstance(v, bool))
+      raise ValueError(f"{source}: entry {i} (image {r['image_id']}) has a keypoint or score "
+                       f"that is not a number: {bad!r}")
+    values = np.asarray(raw, np.float64)
     if not np.isfinite(values).all():
       raise ValueError(f"{source}: entry {i} (image {r['image_id']}) contains NaN or inf")
   if unknown:
