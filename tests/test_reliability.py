@@ -408,3 +408,44 @@ def test_bad_results_file_is_one_line(fixtures_dir, tmp_path, capsys, case):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and str(path) in err[0] and "entry 1" in err[0], err
   assert ("no 'score'" if case == "no_score" else "'12.5'") in err[0]
+
+
+# ------------------------------------------------------------------------ data workers
+
+def test_stream_resumes_at_a_batch_with_any_worker_count(data_root):
+  """What lets data.num_workers change on resume: batch k is the same however it is made."""
+  from sbpose_jax.data import pipeline, readers  # pylint: disable=import-outside-toplevel
+  cfg = _config(data_root, 4)
+  records = readers.read_split(cfg.data, "train")
+  full = iter(pipeline.train_dataset(records, cfg, batch_size=4, seed=0, num_workers=0,
+                                     host_targets=False))
+  expected = [next(full) for _ in range(5)][3:]
+  resumed = iter(pipeline.train_dataset(records, cfg, batch_size=4, seed=0, num_workers=1,
+                                        host_targets=False, start_batch=3))
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  resumed.close()
+
+
+def test_worker_batches_leave_no_leaked_shared_memory(data_root):
+  code = f"""
+from sbpose_jax import config as config_lib
+from sbpose_jax.data import pipeline, readers
+if __name__ == "__main__":
+  cfg = config_lib.load("demo", ["--config.data.root={data_root}", "--config.data.num_workers=1"])
+  records = readers.read_split(cfg.data, "train")
+  for batch in pipeline.eval_dataset(records, cfg, 4):
+    pass
+  it = iter(pipeline.train_dataset(records, cfg, batch_size=4, seed=0, host_targets=False))
+  [next(it) for _ in range(3)]
+  it.close()
+  print("done")
+"""
+  script = pathlib.Path(data_root).parent / "shm_check.py"
+  script.write_text(code)
+  run = subprocess.run([sys.executable, str(script)], env=_env(), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0 and "done" in run.stdout, run.stderr[-2000:]
+  assert "leaked" not in run.stderr, run.stderr[-2000:]
