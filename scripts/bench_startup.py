@@ -38,7 +38,8 @@ def main(argv=None) -> None:
   mark("start")
   import jax  # pylint: disable=import-outside-toplevel
   from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import init_weights, keypoints, models, optim, train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import init_weights, keypoints, models, optim  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import training as train  # pylint: disable=import-outside-toplevel
   from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel,unused-import
   mark("imports")
