@@ -43,7 +43,7 @@ def setup_logging(debug: bool = False) -> logging.Logger:
   INFO chatter of absl/orbax/grain unless debugging."""
   log = logging.getLogger(LOGGER)
   if not any(getattr(h, "_sbpose", False) for h in log.handlers):
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
     handler.addFilter(_lower_level)
     handler._sbpose = True  # pylint: disable=protected-access
@@ -54,6 +54,21 @@ def setup_logging(debug: bool = False) -> logging.Logger:
     for name in ("absl", "orbax", "grain", "jax._src.xla_bridge"):
       logging.getLogger(name).setLevel(logging.CRITICAL)
   return log
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to the sys.stderr of the moment (not the one at set-up: tests and callers swap it)."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
 
 
 def _lower_level(record: logging.LogRecord) -> bool:

@@ -57,6 +57,21 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
     jax.distributed.initialize()
 
 
+def use_compilation_cache(jax) -> None:
+  """JAX's persistent compilation cache, so that a re-run (a resume after Ctrl-C or a kill, the
+  demo again) loads the compiled step instead of compiling it (docs/benchmarks.md).
+
+  JAX_COMPILATION_CACHE_DIR wins; else $XDG_CACHE_HOME/sbpose_jax/xla (~/.cache/...);
+  SBPOSE_COMPILATION_CACHE=0 turns it off. The cached executables are the ones a compile would
+  make, so results are unchanged.
+  """
+  if os.environ.get("SBPOSE_COMPILATION_CACHE", "1") == "0" or os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR"):
+    return  # off, or JAX reads the variable itself
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(base, "sbpose_jax", "xla"))
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m sbpose_jax.train", description=__doc__.split("\n\n")[0],
@@ -88,6 +103,7 @@ def _command(args, overrides) -> int:
   from sbpose_jax import evaluators
   from sbpose_jax.training import TrainingDiverged, train_and_evaluate
   # pylint: enable=import-outside-toplevel
+  use_compilation_cache(jax)
   init_distributed(args.coordinator_address, args.num_processes, args.process_id,
                    args.distributed)
   if not flags.FLAGS.is_parsed():

@@ -2,7 +2,10 @@
 
 A workdir holds
   config.json        the run's config; another config is refused (`check_config`)
-  checkpoints/<step>/{state/, data_iter/process_<i>-of-<n>.json}   orbax CheckpointManager
+  .lock              flock of the run that writes it (`WorkdirLock`)
+  checkpoints/<step>/state/   orbax CheckpointManager of the TrainState (older checkpoints may
+                     also hold data_iter/, no longer read: the data stream is rebuilt at the step)
+  broken_checkpoints/<step>/  steps that failed to restore, moved aside (`restore_newest`)
   best.json          {"metric", "value", "step"} of `model_best`
   model_best/, model_last/   saved models (saved_model.py) for evaluate/predict
 
@@ -156,7 +159,8 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
 # ---------------------------------------------------------------------------- checkpoints
 
 class TrainCheckpoints:
-  """orbax CheckpointManager for (TrainState, grain iterator), latest N + best by metric."""
+  """orbax CheckpointManager for the TrainState (and optionally a grain iterator), latest N +
+  best by metric."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2, metric: str | None = None):
     self.directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
