@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from typing import Callable, Sequence
 
 EXIT_BUG, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -51,9 +52,19 @@ def setup_logging(debug: bool = False) -> logging.Logger:
     log.propagate = False
   log.setLevel(logging.DEBUG if debug else logging.INFO)
   if not debug:
-    for name in ("absl", "orbax", "grain", "jax._src.xla_bridge"):
+    for name in ("absl", "orbax", "grain", "asyncio", "jax._src.xla_bridge"):
       logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Background threads and native callbacks (orbax's async writes, tensorstore) print their
+    # own tracebacks through sys.excepthook when a save fails (e.g. a full disk: dozens of
+    # "Event loop is closed"); the failure itself reaches the main thread, which reports it in
+    # one line. The main thread's exceptions never get here: `run` catches them.
+    sys.excepthook = _quiet_excepthook
+    threading.excepthook = _quiet_excepthook
   return log
+
+
+def _quiet_excepthook(*args) -> None:
+  del args
 
 
 class _StderrHandler(logging.StreamHandler):

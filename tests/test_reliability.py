@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -278,7 +279,10 @@ def _command(root, work, steps, *extra):
 
 
 def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  # A compilation cache outside the user's home (the train command's default is ~/.cache).
+  cache = os.path.join(tempfile.gettempdir(), "sbpose_test_xla")
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+              JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", cache))
 
 
 def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
