@@ -128,7 +128,8 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
         parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
         allow_overrides: bool = True) -> int:
   """Parses `argv`, runs `command(args, config overrides)`; returns the exit status."""
-  if not any("--debug" in a.option_strings for a in parser._actions):  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  if not any("--debug" in a.option_strings for a in parser._actions):
     add_debug_flag(parser)
   args, rest = parser.parse_known_args(argv)
   unknown = [a for a in rest if not (allow_overrides and a.startswith("--config."))]

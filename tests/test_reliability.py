@@ -377,7 +377,7 @@ def test_predict_skips_an_unreadable_image_and_degenerate_boxes(
   good = folder / "000000000785.jpg"
   shutil.copy(fixtures_dir / "coco" / good.name, good)
   (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-  w, h = 640, 425   # 000000000785.jpg
+  w = 640   # 000000000785.jpg is 640x425
   boxes = tmp_path / "boxes.json"
   boxes.write_text(json.dumps({good.name: [[10, 20, 200, 300, 0.9], [5, 5, 0, 40, 0.9],
                                            [5, 5, 0.001, 0.001, 0.9],
