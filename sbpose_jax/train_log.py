@@ -100,8 +100,9 @@ class RunLogger:
       self._bar.set_postfix(loss=f"{values['loss']:.3e}", img_s=f"{ips:.0f}",
                             lr=f"{values['lr']:.1e}", refresh=False)
     elif self.enabled:
-      print(f"step {step}/{self.total_steps} loss {values['loss']:.4e} lr {values['lr']:.2e} "
-            f"grad_norm {values['grad_norm']:.3g} epoch {values.get('epoch', 0):.2f}"
+      shown = {"loss": ".4e", "lr": ".2e", "grad_norm": ".3g", "epoch": ".2f"}
+      print(f"step {step}/{self.total_steps} " + " ".join(
+          f"{k} {values[k]:{f}}" for k, f in shown.items() if k in values)
             + (f" {ips:.1f} img/s" if ips else ""), flush=True)
 
   def eval_line(self, step: int, name: str, values: Mapping[str, float]) -> None:
