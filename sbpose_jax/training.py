@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import pathlib
+import threading
 import time
 from typing import Any, Mapping, NamedTuple
 
@@ -350,13 +351,26 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
              train_log.RunLogger(workdir, stop, 0, enabled=False))
-  # --- State and data position: fresh, or from the newest checkpoint that restores.
-  state, start = _initial_state(run, tx, replicated)
-  if start:
-    state, start = ckpts.restore_newest(state, log=say)
-    if state is None:  # every checkpoint was moved aside
-      state, start = _initial_state(run, tx, replicated)
-  train_iter = _train_iterator(train_records, config, start)
+  # --- State and data position: fresh, or from the newest checkpoint that restores. The data
+  # workers start (process start-up, first batch) while the state is made or restored.
+  expected = ckpts.latest_step() or 0
+  train_iter = _train_iterator(train_records, config, expected)
+  first = _FirstBatch(train_iter)
+  try:
+    state, start = _initial_state(run, tx, replicated)
+    if start:
+      state, start = ckpts.restore_newest(state, log=say)
+      if state is None:  # every checkpoint was moved aside
+        state, start = _initial_state(run, tx, replicated)
+  except BaseException:
+    first.wait()
+    train_iter.close()
+    raise
+  if start != expected:  # fell back to an older checkpoint: the stream starts elsewhere
+    first.wait()
+    train_iter.close()
+    train_iter = _train_iterator(train_records, config, start)
+    first = _FirstBatch(train_iter)
   run.logger = train_log.RunLogger(workdir, stop, start, enabled=is_main, progress=progress)
   run.logger.message(
       f"{config.name}: {len(train_records)} training instances, global batch {global_batch} "
@@ -371,7 +385,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
     run.last_log = (start, time.perf_counter())
     # --- The loop. `step` counts completed updates.
     for step in range(start + 1, stop + 1):
-      local = next(train_iter)
+      local = first.take() if step == start + 1 else next(train_iter)
       state, metrics = train_step(state, to_global_batch(local, run.data_sharding, global_batch),
                                   model=model, settings=settings)
       run.pending.append(metrics)
@@ -407,6 +421,32 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
     raise
   _close(run, train_iter)
   return (results, state) if return_state else results
+
+
+class _FirstBatch:
+  """The first batch of an iterator, fetched by a thread from now on: the workers' start-up
+  (spawn, imports, first decode) overlaps with making or restoring the state."""
+
+  def __init__(self, iterator):
+    self._result = None
+    self._thread = threading.Thread(target=self._fetch, args=(iterator,), daemon=True)
+    self._thread.start()
+
+  def _fetch(self, iterator) -> None:
+    try:
+      self._result = (next(iterator), None)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._result = (None, e)   # re-raised in the loop by take()
+
+  def wait(self) -> None:
+    self._thread.join()
+
+  def take(self):
+    self.wait()
+    batch, error = self._result
+    if error is not None:
+      raise error
+    return batch
 
 
 class Interrupted(KeyboardInterrupt):
