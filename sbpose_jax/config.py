@@ -12,6 +12,7 @@ import ast
 import importlib
 import importlib.resources
 import importlib.util
+import logging
 import pathlib
 import sys
 from typing import Sequence
@@ -77,8 +78,19 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, value) -> None:
     value = tuple(value)
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
-  with node.unlocked():
-    node[parts[-1]] = value
+  try:
+    with node.unlocked():
+      node[parts[-1]] = value
+  except TypeError:
+    raise ValueError(f"--config.{key}={value!r}: expected {_type_name(old)} (like "
+                     f"{old!r}), got {type(value).__name__}") from None
+
+
+def _type_name(value) -> str:
+  if isinstance(value, tuple):
+    return f"a tuple of {len(value)}" if value else "a tuple"
+  return {bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(
+      type(value), type(value).__name__)
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, object]]:
@@ -95,11 +107,69 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, object]]:
 
 
 def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config with `overrides` applied and its dependent sizes derived (`derive_sizes`)."""
   cfg = _load_module(name_or_path).get_config()
   cfg.lock()
-  for key, value in parse_overrides(overrides):
+  parsed = parse_overrides(overrides)
+  for key, value in parsed:
     apply_override(cfg, key, value)
+  for note in derive_sizes(cfg, {key for key, _ in parsed}):
+    logging.getLogger("sbpose_jax").info(note)
   return cfg
+
+
+def network_output_wh(input_wh, num_deconv_layers: int) -> tuple[int, int]:
+  """Heatmap (W, H) of a PoseResNet: the backbone's stride 32 (SAME padding: ceil), then x2 per
+  deconvolution."""
+  return tuple(-(-int(v) // 32) * 2 ** int(num_deconv_layers) for v in input_wh)
+
+
+def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[str]:
+  """Keeps data.heatmap_size and data.sigma consistent with an overridden data.input_size.
+
+  When `data.input_size` is overridden and `data.heatmap_size` is not, the heatmap size becomes
+  the network's output size and, unless also overridden, sigma scales with the heatmap height
+  (2 at 64 px -> 3 at 96 px, as the published 384x288 configs). Returns one note per derived
+  field. `check_sizes` then refuses sizes that training cannot use.
+  """
+  d = cfg.data
+  notes = []
+  input_wh = tuple(int(v) for v in d.input_size)
+  if len(input_wh) != 2 or min(input_wh) <= 0:
+    raise ValueError(f"data.input_size must be two positive sizes (W, H), got {d.input_size}")
+  expected = network_output_wh(input_wh, cfg.model.num_deconv_layers)
+  if ("data.input_size" in overridden and "data.heatmap_size" not in overridden
+      and tuple(d.heatmap_size) != expected):
+    old_h = int(d.heatmap_size[1])
+    d.heatmap_size = expected
+    notes.append(f"data.heatmap_size = {expected} (derived from data.input_size {input_wh})")
+    if "data.sigma" not in overridden:
+      # The Gaussian patch is 6 sigma + 1 pixels wide: 3 sigma stays an integer.
+      d.sigma = max(1, round(3 * float(d.sigma) * expected[1] / old_h)) / 3
+      notes.append(f"data.sigma = {d.sigma:.4g} (scaled with the heatmap height; override "
+                   "--config.data.sigma to choose another)")
+  return notes
+
+
+def check_sizes(cfg: ml_collections.ConfigDict) -> None:
+  """Training's size rules, checked before anything is compiled.
+
+  Raises:
+    ValueError: naming the field and a value that works.
+  """
+  d = cfg.data
+  input_wh = tuple(int(v) for v in d.input_size)
+  if any(v % 32 for v in input_wh):
+    raise ValueError(f"data.input_size {input_wh}: both sides must be multiples of 32 (the "
+                     "backbone's stride), e.g. (192, 256) or (288, 384)")
+  expected = network_output_wh(input_wh, cfg.model.num_deconv_layers)
+  if tuple(int(v) for v in d.heatmap_size) != expected:
+    raise ValueError(f"data.heatmap_size {tuple(d.heatmap_size)} does not match the network's "
+                     f"output {expected} for data.input_size {input_wh}; set "
+                     f"--config.data.heatmap_size=\"{expected}\" (or leave it out)")
+  if not float(d.sigma) > 0 or not (3 * float(d.sigma)).is_integer():
+    raise ValueError(f"data.sigma must be positive with 3 * sigma an integer (the Gaussian is "
+                     f"6 sigma + 1 pixels wide), got {d.sigma}")
 
 
 def eval_config(config: ml_collections.ConfigDict, name: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import conversion
 from sbpose_jax import pth
@@ -29,7 +30,9 @@ def main(argv=None) -> int:
                       help="override the recorded input colour order")
   parser.add_argument("--no-verify-hash", action="store_true",
                       help="skip the sha256 check of MMPose-style file names")
+  cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
+  cli.setup_logging(cli.debug_enabled(args))
   try:
     config = None
     if args.config:
@@ -37,6 +40,8 @@ def main(argv=None) -> int:
     meta = conversion.convert(args.src, args.dst, config, args.style, args.colour_order,
                               not args.no_verify_hash)
   except (conversion.ConvertError, pth.PthError, ValueError, OSError) as e:
+    if cli.debug_enabled(args):
+      raise
     msg = str(e) if str(e).startswith(str(args.src)) else f"{args.src}: {e}"
     print(f"convert: error: {msg}".replace("\n", " "), file=sys.stderr)
     return 1

@@ -24,13 +24,13 @@ from typing import Sequence
 import jax
 import ml_collections
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import evaluators
 from sbpose_jax import api
 from sbpose_jax import saved_model
 from sbpose_jax import workdir
 from sbpose_jax.data import readers
-from sbpose_jax.data.pipeline import BadImageError
 from sbpose_jax.evaluators import loop
 
 
@@ -65,20 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
                  help="PoseTrack18 only, with --results DIR (one tracked json per sequence, as "
                       "`sbpose_jax.track` writes): also print poseval's MOTA table")
   return p
-
-
-def parse_args(argv: Sequence[str] | None):
-  """Splits argv into (known flags, --config.* overrides); other leftovers are an error."""
-  parser = build_parser()
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    parser.error(f"unrecognised arguments: {' '.join(bad)}")
-  if args.track and not args.results:
-    parser.error("--track scores tracked results: give --results DIR")
-  if bool(args.checkpoint) == bool(args.results):
-    parser.error("give exactly one of --checkpoint (evaluate a model) or --results (score a file)")
-  return args, rest
 
 
 def apply_flags(cfg: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
@@ -193,23 +179,22 @@ def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
   return path
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-  args, overrides = parse_args(argv)
-  try:
-    config = config_lib.load(args.config, overrides)
-    cfg, eval_type = config_lib.eval_config(config, args.eval)
-    apply_flags(cfg, args)
-    if args.results:
-      metrics = score_results(cfg, eval_type, args.results)
-      if args.track:
-        metrics.update(score_tracking(cfg, eval_type, args.results))
-    else:
-      metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
-                               progress=not args.quiet)
-  except (ValueError, FileNotFoundError, BadImageError) as e:
-    # One clear line for the user instead of a traceback.
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from e
+def _command(args, overrides, out: dict) -> int:
+  if bool(args.checkpoint) == bool(args.results):
+    raise ValueError("give exactly one of --checkpoint (evaluate a model) or --results (score "
+                     "a file)")
+  if args.track and not args.results:
+    raise ValueError("--track scores tracked results: give --results DIR")
+  config = config_lib.load(args.config, overrides)
+  cfg, eval_type = config_lib.eval_config(config, args.eval)
+  apply_flags(cfg, args)
+  if args.results:
+    metrics = score_results(cfg, eval_type, args.results)
+    if args.track:
+      metrics.update(score_tracking(cfg, eval_type, args.results))
+  else:
+    metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
+                             progress=not args.quiet)
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
@@ -226,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(posetrack_mota.format_table({k[6:]: v for k, v in metrics.items()
                                        if k.startswith("track/")}))
   print(f"metrics written to {path}", file=sys.stderr)
+  out.update(metrics)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+  """The command line: returns the metrics; an error is one line (cli.py) and SystemExit with a
+  non-zero status."""
+  metrics = {}
+  status = cli.run(lambda args, rest: _command(args, rest, metrics), build_parser(), argv)
+  if status:
+    raise SystemExit(status)
   return metrics
 
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
 from sbpose_jax import saved_model
@@ -33,6 +34,7 @@ from sbpose_jax import workdir
 from sbpose_jax.data import pipeline
 from sbpose_jax.evaluators import postprocess
 
+log = logging.getLogger("sbpose_jax")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 
@@ -119,10 +121,32 @@ def read_boxes(path, images: Sequence[pathlib.Path], score_thr: float
   else:
     raise ValueError(f"--boxes {path}: expected a list of detections or a dict of boxes")
   for stem in out:
-    out[stem] = [(b, s) for b, s in out[stem] if s >= score_thr and b[2] > 0 and b[3] > 0]
+    out[stem] = [(b, s) for b, s in out[stem] if s >= score_thr]
   if not any(out.values()):
-    logging.warning("--boxes %s: no box matches any of the %d input images", path, len(images))
+    log.warning("--boxes %s: no box matches any of the %d input images", path, len(images))
   return out
+
+
+MIN_BOX_SIDE = 1.0  # px: a smaller box has no pixels to crop
+
+
+def usable_boxes(image: pathlib.Path, width: int, height: int,
+                 boxes: Sequence[tuple[list[float], float]]) -> list[tuple[list[float], float]]:
+  """The boxes of one image that have pixels inside it; each other one is named in a warning
+  (a crop of no pixels would still give a pose, made up from the padding)."""
+  kept = []
+  for box, score in boxes:
+    x, y, w, h = box
+    shown = "[" + ", ".join(f"{v:.4g}" for v in box) + "]"
+    if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+      log.warning("%s: skipping box [x, y, w, h] = %s: smaller than %g px", image.name,
+                  shown, MIN_BOX_SIDE)
+    elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
+      log.warning("%s: skipping box [x, y, w, h] = %s: outside the %dx%d image", image.name,
+                  shown, width, height)
+    else:
+      kept.append((box, score))
+  return kept
 
 
 def predict_images(est, images, boxes, cfg, use_nms: bool = True):
@@ -234,8 +258,11 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
     try:
       images.append((p, pipeline.decode_image(str(p), cfg.data.colour_order)))
     except pipeline.BadImageError as e:
-      raise ValueError(str(e)) from None
-  boxes = [box_table[p.stem] if box_table is not None
+      log.warning("skipping an unreadable image: %s", e)
+  if paths and not images:
+    raise ValueError(f"none of the {len(paths)} input images can be read")
+  boxes = [usable_boxes(p, img.shape[1], img.shape[0], box_table[p.stem])
+           if box_table is not None
            else [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
            for p, img in images]
   if batch_size:
@@ -247,24 +274,26 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
                                   use_nms) for v in videos]
 
 
-def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
-  parser = build_parser()
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    parser.error(f"unrecognised arguments: {' '.join(bad)}")
-  try:
-    if args.batch_size is not None and args.batch_size <= 0:
-      raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
-    cfg.model.dtype = args.dtype
-    pngs = run(cfg, args.checkpoint, args.inputs, args.out_dir, args.boxes, args.batch_size,
-               args.det_score_thr, args.kpt_thr, not args.no_nms)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from e
+def _command(args, rest, written: list) -> int:
+  if args.batch_size is not None and args.batch_size <= 0:
+    raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+  cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
+  cfg.model.dtype = args.dtype
+  pngs = run(cfg, args.checkpoint, args.inputs, args.out_dir, args.boxes, args.batch_size,
+             args.det_score_thr, args.kpt_thr, not args.no_nms)
   print(f"wrote {len(pngs)} pictures and predictions.json to {args.out_dir}", file=sys.stderr)
-  return pngs
+  written.extend(pngs)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
+  """The command line: returns the written PNGs; an error is one line (cli.py) and SystemExit
+  with a non-zero status."""
+  written = []
+  status = cli.run(lambda args, rest: _command(args, rest, written), build_parser(), argv)
+  if status:
+    raise SystemExit(status)
+  return written
 
 
 if __name__ == "__main__":

@@ -21,6 +21,35 @@ from sbpose_jax import geometry
 from sbpose_jax import visualize
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: pathlib.Path, last_step: int) -> int:
+  """Drops the lines of steps after `last_step` (a resumed run replays them); returns how many.
+
+  A resumed run restarts from its checkpoint, so the lines a killed run wrote after it describe
+  steps that are computed again: the file keeps one line per step and kind, the ones of the
+  run that produced the final model. Rewritten atomically (a kill leaves the old file).
+  """
+  if not path.exists():
+    return 0
+  lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      step = int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut by a kill
+    if step <= last_step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) == len(lines):
+    return 0
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(kept), encoding="utf-8")
+  tmp.replace(path)
+  return len(lines) - len(kept)
+
+
 class RunLogger:
   """tqdm bar (step, loss, img/s, ETA) + TensorBoard + JSONL, for process 0 only."""
 
@@ -33,9 +62,12 @@ class RunLogger:
     self._jsonl = None
     if not enabled:
       return
-    self._bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
-                     dynamic_ncols=True, disable=not progress, smoothing=0.1)
-    self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self.total_steps = total_steps
+    if progress:
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
+                       dynamic_ncols=True, smoothing=0.1)
+    truncate_metrics(self.workdir / METRICS_FILE, start_step)
+    self._jsonl = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # why: heavy (protobuf), process 0 only; optional
       self._tb = SummaryWriter(str(self.workdir / "tb"))
@@ -61,11 +93,17 @@ class RunLogger:
       self._tb.flush()
 
   def train_line(self, step: int, values: Mapping[str, float]) -> None:
+    """JSONL + TensorBoard; the bar's numbers, or (no bar) one printed line."""
     self.write(step, "train", values)
+    ips = values.get("img_per_s", 0.0)
     if self._bar is not None:
-      ips = values.get("img_per_s", 0.0)
       self._bar.set_postfix(loss=f"{values['loss']:.3e}", img_s=f"{ips:.0f}",
                             lr=f"{values['lr']:.1e}", refresh=False)
+    elif self.enabled:
+      shown = {"loss": ".4e", "lr": ".2e", "grad_norm": ".3g", "epoch": ".2f"}
+      print(f"step {step}/{self.total_steps} " + " ".join(
+          f"{k} {values[k]:{f}}" for k, f in shown.items() if k in values)
+            + (f" {ips:.1f} img/s" if ips else ""), flush=True)
 
   def eval_line(self, step: int, name: str, values: Mapping[str, float]) -> None:
     self.write(step, f"eval/{name}", values)

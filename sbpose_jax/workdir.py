@@ -2,7 +2,10 @@
 
 A workdir holds
   config.json        the run's config; another config is refused (`check_config`)
-  checkpoints/<step>/{state/, data_iter/process_<i>-of-<n>.json}   orbax CheckpointManager
+  .lock              flock of the run that writes it (`WorkdirLock`)
+  checkpoints/<step>/state/   orbax CheckpointManager of the TrainState (older checkpoints may
+                     also hold data_iter/, no longer read: the data stream is rebuilt at the step)
+  broken_checkpoints/<step>/  steps that failed to restore, moved aside (`restore_newest`)
   best.json          {"metric", "value", "step"} of `model_best`
   model_best/, model_last/   saved models (saved_model.py) for evaluate/predict
 
@@ -16,10 +19,14 @@ model_last, else its latest training checkpoint): what evaluate and predict load
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
 import pathlib
+import socket
+import time
 from typing import Any, Mapping
 
 import grain
@@ -37,11 +44,26 @@ CONFIG_FILE = "config.json"
 BEST_FILE = "best.json"
 MODEL_BEST = "model_best"
 MODEL_LAST = "model_last"
-# Fields that may change between the runs of one workdir: they steer how the run is executed
-# and observed, not what it computes.
+LOCK_FILE = ".lock"
+BROKEN_DIR = "broken_checkpoints"
+# Fields that may change when a run resumes: they steer how the rest of the run is executed,
+# scheduled and observed, not what the saved state means. The optimizer's state (Adam moments,
+# step count) holds no learning rate, so the schedule (optim.*, epochs) may change; the data
+# stream is a pure function of the step (resume rebuilds it at its position), so the worker
+# count may change, and skipping unreadable images only changes batches that would fail.
 OPERATIONAL_KEYS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_steps",
-                    "data.num_workers", "data.root", "test.batch_size", "evals",
-                    "eval_at_start", "init_checkpoint")
+                    "epochs", "optim", "data.num_workers", "data.root", "data.skip_bad_images",
+                    "data.val_ann", "data.val_images", "data.det_file", "data.use_gt_bbox",
+                    "data.det_score_thr", "data.gt_mat_file", "data.val_gt_dir", "test",
+                    "evals", "eval_at_start", "init_checkpoint")
+# Why the other fields may not change under saved checkpoints (first matching prefix wins).
+REFUSAL_REASONS = (("model", "the saved parameters are of this network"),
+                   ("batch_size_per_device", "the data stream and the step size are per batch"),
+                   ("bn_group_size", "the BatchNorm statistics are per group"),
+                   ("seed", "the data order and augmentation are drawn from it"),
+                   ("synthetic", "the training images would change"),
+                   ("data", "the training samples would change"),
+                   ("name", "it names another run"))
 
 
 # ----------------------------------------------------------------------------- workdir config
@@ -64,12 +86,20 @@ def _is_operational(key: str) -> bool:
   return any(key == k or key.startswith(k + ".") for k in OPERATIONAL_KEYS)
 
 
-def config_differences(old: Mapping, new: Mapping) -> list[str]:
-  """Keys (a.b.c) whose values differ between two config dicts, operational keys excluded."""
+def config_differences(old: Mapping, new: Mapping, operational: bool = False) -> list[str]:
+  """Keys (a.b.c) whose values differ between two config dicts: the others than
+  OPERATIONAL_KEYS, or (`operational=True`) only those."""
   a, b = _flatten(old), _flatten(json.loads(json.dumps(dict(new))))
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if not _is_operational(k) and a.get(k, "<absent>") != b.get(
+  return [k for k in keys if _is_operational(k) == operational and a.get(k, "<absent>") != b.get(
       k, "<absent>")]
+
+
+def refusal_reason(key: str) -> str:
+  for prefix, reason in REFUSAL_REASONS:
+    if key == prefix or key.startswith(prefix + "."):
+      return reason
+  return "it changes what the checkpoints mean"
 
 
 def _has_checkpoints(workdir: pathlib.Path) -> bool:
@@ -77,17 +107,22 @@ def _has_checkpoints(workdir: pathlib.Path) -> bool:
   return ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
 
 
-def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Stores the config in a new workdir; refuses a workdir that holds another config's run.
+def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> list[str]:
+  """Stores the config in the workdir; refuses a workdir that holds another config's run.
+
+  Fields in OPERATIONAL_KEYS may change between the runs of a workdir: config.json then takes
+  the new values, and each change is returned as one line ("optim.lr: 0.002 -> 0.001") for the
+  run to log.
 
   Raises:
-    ValueError: naming the differing fields, when the workdir has checkpoints and its
-      config.json differs from `config` outside OPERATIONAL_KEYS (without checkpoints the new
-      config replaces it), or when the workdir has checkpoints but no config.json.
+    ValueError: naming the differing fields and why they may not change, when the workdir has
+      checkpoints and its config.json differs from `config` outside OPERATIONAL_KEYS (without
+      checkpoints the new config replaces it), or when it has checkpoints but no config.json.
   """
   workdir = pathlib.Path(workdir)
   path = workdir / CONFIG_FILE
   new = json.loads(config_to_json(config))
+  changes = []
   if path.exists():
     try:
       old = json.loads(path.read_text())
@@ -95,15 +130,20 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
       raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
                        "workdir?") from None
     diff = config_differences(old, new)
+    flat_old, flat_new = _flatten(old), _flatten(new)
     if diff and _has_checkpoints(workdir):
-      shown = "; ".join(f"{k}: {_flatten(old).get(k, '<absent>')!r} -> "
-                        f"{_flatten(new).get(k, '<absent>')!r}" for k in diff[:8])
+      shown = "; ".join(f"{k}: {flat_old.get(k, '<absent>')!r} -> "
+                        f"{flat_new.get(k, '<absent>')!r} ({refusal_reason(k)})"
+                        for k in diff[:4])
       raise ValueError(
-          f"workdir {workdir} holds a run of another config (config {old.get('name')!r}; "
-          f"differs in {shown}{' ...' if len(diff) > 8 else ''}). Use another --workdir, or "
-          "delete this one to start over.")
+          f"workdir {workdir} holds a run of another config (config {old.get('name')!r}), "
+          f"which may not change under its checkpoints: {shown}{' ...' if len(diff) > 4 else ''}"
+          ". Use another --workdir, or delete this one to start over.")
     if not diff:
-      return
+      changes = [f"{k}: {flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r}"
+                 for k in config_differences(old, new, operational=True)]
+      if not changes:
+        return []
     # Else a run that never checkpointed (e.g. stopped by a bad path): nothing to mix.
   elif (workdir / CHECKPOINT_DIR).exists() and any((workdir / CHECKPOINT_DIR).iterdir()):
     raise ValueError(f"workdir {workdir} has checkpoints but no {CONFIG_FILE}: refusing to mix "
@@ -113,12 +153,14 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(config_to_json(config))
     os.replace(tmp, path)
+  return changes
 
 
 # ---------------------------------------------------------------------------- checkpoints
 
 class TrainCheckpoints:
-  """orbax CheckpointManager for (TrainState, grain iterator), latest N + best by metric."""
+  """orbax CheckpointManager for the TrainState (and optionally a grain iterator), latest N +
+  best by metric."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2, metric: str | None = None):
     self.directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
@@ -158,12 +200,111 @@ class TrainCheckpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
 
+  def restore_newest(self, state: ts.TrainState, log=print
+                     ) -> tuple[ts.TrainState | None, int | None]:
+    """Restores the newest checkpoint that restores; moves the newer, damaged ones aside.
+
+    A step whose files are missing or damaged (state/, its manifest, _CHECKPOINT_METADATA, ...)
+    is reported in one line through `log` (its step and the error naming the file) and moved to
+    WORKDIR/broken_checkpoints/<step>/ (kept for a post-mortem), and the one before is tried.
+    Returns (state, step), or (None, None) when the workdir has no checkpoint.
+
+    Raises:
+      ValueError: when no checkpoint restores (then nothing is moved: a failure of every step
+        is a mismatch of code or config, not damage); the message names the newest step's error.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        restored = self.restore(state, None, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax, tensorstore and json raise many types for one cause: unreadable files.
+        failures.append((step, e))
+        continue
+      for bad, error in failures:
+        where = self._move_aside(bad)
+        log(f"checkpoint step {bad} cannot be restored ({_first_line(error)}); moved to "
+            f"{where}, resuming from step {step}")
+      if failures:
+        self.manager.reload()
+      return restored, step
+    if failures:
+      step, error = failures[0]
+      raise ValueError(f"no checkpoint in {self.directory} can be restored (newest: step {step}:"
+                       f" {_first_line(error)}); if the config or code changed, use another "
+                       "--workdir")
+    return None, None
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    src = self.directory / str(step)
+    dest_dir = self.directory.parent / BROKEN_DIR
+    dest = dest_dir / str(step)
+    n = 1
+    while dest.exists():
+      dest, n = dest_dir / f"{step}.{n}", n + 1
+    if jax.process_index() == 0 and src.exists():
+      dest_dir.mkdir(parents=True, exist_ok=True)
+      os.replace(src, dest)
+    return dest
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+class WorkdirLock:
+  """One writer per workdir: an exclusive `flock` on WORKDIR/.lock, held while the run lives.
+
+  The operating system drops the lock when the process ends, however it ends (kill -9
+  included), so there is nothing to clean up; the file only says who holds it (host, pid,
+  start time). Only process 0 of a multi-host run takes it: every process of one run writes the
+  same workdir, and a second run is refused by its own process 0. On NFS, Linux implements flock
+  with POSIX byte-range locks, which the server arbitrates between hosts; a filesystem without
+  locks (e.g. Lustre mounted without `flock`) gets one warning and no lock.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, log=print):
+    self.path = pathlib.Path(workdir) / LOCK_FILE
+    self._log = log
+    self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if jax.process_index() != 0:
+      return self
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+      os.close(fd)
+      raise ValueError(f"workdir {self.path.parent} is in use by {holder}; wait for that run "
+                       "to end (or stop it), or use another --workdir") from None
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        os.close(fd)
+        raise
+      self._log(f"warning: {self.path}: this filesystem has no file locks ({e.strerror}); "
+                "nothing stops a second run on this workdir")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"host {socket.gethostname()} pid {os.getpid()} (since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # releases the lock; the file stays (removing it would race)
+      self._fd = None
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:

@@ -18,7 +18,9 @@ def test_jsonl_tensorboard_and_pictures(tmp_path, capsys):
   assert lines[0]["loss"] == 0.5 and lines[1]["AP"] == 0.25
   assert path == tmp_path / "samples" / "val_0000010.png" and path.is_file()
   assert list((tmp_path / "tb").iterdir())
-  assert "step 10 val: AP 0.2500" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "step 10 val: AP 0.2500" in out
+  assert "step 5/10 loss 5.0000e-01 lr 1.00e-03 12.0 img/s" in out   # no bar: one line per log
 
 
 def test_disabled_logger_writes_nothing(tmp_path):
