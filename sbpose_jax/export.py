@@ -26,6 +26,7 @@ import pathlib
 import sys
 from typing import Sequence
 
+from sbpose_jax import cli
 from sbpose_jax import exporting
 from sbpose_jax.exporting import COORDS, FORMATS, PLATFORMS, sidecar_path
 
@@ -107,20 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  args = build_parser().parse_args(argv)
-  try:
-    desc = export_model(args.checkpoint, args.format, args.out, coords=args.coords,
-                        dataset=args.dataset, input_size=args.input_size, flip=not args.no_flip,
-                        decode=args.decode, opset=args.opset,
-                        platforms=tuple(args.platforms.split(",")),
-                        log=lambda m: print(m, file=sys.stderr))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from e
+def _command(args, rest, out: dict) -> int:
+  del rest  # no config overrides: everything comes from the saved model
+  desc = export_model(args.checkpoint, args.format, args.out, coords=args.coords,
+                      dataset=args.dataset, input_size=args.input_size, flip=not args.no_flip,
+                      decode=args.decode, opset=args.opset,
+                      platforms=tuple(args.platforms.split(",")),
+                      log=lambda m: print(m, file=sys.stderr))
   c = desc["check"]
   print(f"wrote {args.out} and {sidecar_path(args.out)} (max difference from JAX: "
         f"{c['max_dx_px']:.2g} crop px, scores {c['max_dscore']:.2g})", file=sys.stderr)
+  out.update(desc)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  """The command line: returns the description written; an error is one line (cli.py) and
+  SystemExit with a non-zero status."""
+  desc = {}
+  status = cli.run(lambda args, rest: _command(args, rest, desc), build_parser(), argv,
+                   allow_overrides=False)
+  if status:
+    raise SystemExit(status)
   return desc
 
 

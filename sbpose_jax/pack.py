@@ -26,13 +26,14 @@ import sys
 
 import numpy as np
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
 from sbpose_jax.data import packed
 from sbpose_jax.data.records import Records
 
 
-class PackError(RuntimeError):
+class PackError(cli.UserError):
   """A bad image or annotation (the message names it)."""
 
 
@@ -203,7 +204,7 @@ def _finish(records: Records, config, split: str, out: pathlib.Path, plan: dict)
   return meta
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m sbpose_jax.pack",
                               description=__doc__.split("\n\n")[0],
                               epilog="Any --config.a.b=value overrides a config field.")
@@ -215,27 +216,26 @@ def main(argv=None) -> int:
                  help="leave out (and count) bad images/annotations instead of stopping")
   p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
   p.add_argument("--no-progress", action="store_true")
-  args, rest = p.parse_known_args(argv)
-  unknown = [a for a in rest if not a.startswith("--config.")]
-  if unknown:
-    p.error(f"unrecognised arguments: {' '.join(unknown)}")
-  try:
-    from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
-    config = config_lib.load(args.config, rest)
-    synthetic.ensure_from_config(config)
-    records = readers.read_split(config.data, args.split)
-    out = pathlib.Path(args.out) if args.out else packed.default_dir(config)
-    meta = write_pack(records, config, args.split, out, workers=args.workers or None,
-                      skip_bad=args.skip_bad, progress_bar=not args.no_progress)
-  except (PackError, ValueError, OSError) as e:
-    if os.environ.get("SBPOSE_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return p
+
+
+def _command(args, rest) -> int:
+  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
+  config = config_lib.load(args.config, rest)
+  synthetic.ensure_from_config(config)
+  records = readers.read_split(config.data, args.split)
+  out = pathlib.Path(args.out) if args.out else packed.default_dir(config)
+  meta = write_pack(records, config, args.split, out, workers=args.workers or None,
+                    skip_bad=args.skip_bad, progress_bar=not args.no_progress)
   wh = meta["key"]["pack_wh"]
   print(f"{out}: {meta['num_examples']} {args.split} crops of {wh[0]}x{wh[1]} "
         f"({meta['num_skipped']} skipped as bad)")
   return 0
+
+
+def main(argv=None) -> int:
+  """The command line; an error is one line (cli.py), the traceback only with --debug."""
+  return cli.run(_command, build_parser(), argv)
 
 
 if __name__ == "__main__":

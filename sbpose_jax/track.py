@@ -25,6 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
 
@@ -284,39 +285,41 @@ def format_scores(m: dict[str, float]) -> str:
   return f"AP (per joint group)\n{ap}\n{ap_v}\nMOTA\n{pm.format_table(m)}"
 
 
+def _command(args, rest, out: list) -> int:
+  from sbpose_jax import video  # pylint: disable=import-outside-toplevel  # PyAV: not for --help
+  cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
+  cfg.model.dtype = args.dtype
+  if args.similarity:
+    cfg.track.similarity = args.similarity
+  source = video.open_source(args.input)
+  if args.eval and source.kind != "posetrack":
+    raise ValueError("--eval needs INPUT to be a PoseTrack18 annotation file")
+  boxes = read_boxes(args.boxes, source) if args.boxes else None
+  pose_model = PoseModel(cfg, args.checkpoint)
+  path, stats = track_video(cfg, pose_model, source, args.out_dir, boxes, args.frames,
+                            args.kpt_thr, not args.quiet)
+  n = max(stats["frames"], 1)
+  per = ", ".join(f"{k} {1000 * stats[k] / n:.1f}" for k in ("wait", "propose", "pose",
+                                                            "match", "write"))
+  print(f"tracked {stats['frames']} frames at {stats['frames'] / stats['seconds']:.1f} "
+        f"frames/s (ms per frame: {per}); wrote {path} and {path.with_suffix('.mp4')}",
+        file=sys.stderr)
+  scores = None
+  if args.eval:
+    scores = score_sequence(args.input, path)
+    print(format_scores(scores))
+  out.extend([path, scores])
+  return 0
+
+
 def main(argv: Sequence[str] | None = None):
-  parser = build_parser()
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    parser.error(f"unrecognised arguments: {' '.join(bad)}")
-  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
-  try:
-    cfg, _ = config_lib.eval_config(config_lib.load(args.config, rest))
-    cfg.model.dtype = args.dtype
-    if args.similarity:
-      cfg.track.similarity = args.similarity
-    source = video.open_source(args.input)
-    if args.eval and source.kind != "posetrack":
-      raise ValueError("--eval needs INPUT to be a PoseTrack18 annotation file")
-    boxes = read_boxes(args.boxes, source) if args.boxes else None
-    pose_model = PoseModel(cfg, args.checkpoint)
-    path, stats = track_video(cfg, pose_model, source, args.out_dir, boxes, args.frames,
-                              args.kpt_thr, not args.quiet)
-    n = max(stats["frames"], 1)
-    per = ", ".join(f"{k} {1000 * stats[k] / n:.1f}" for k in ("wait", "propose", "pose",
-                                                              "match", "write"))
-    print(f"tracked {stats['frames']} frames at {stats['frames'] / stats['seconds']:.1f} "
-          f"frames/s (ms per frame: {per}); wrote {path} and {path.with_suffix('.mp4')}",
-          file=sys.stderr)
-    scores = None
-    if args.eval:
-      scores = score_sequence(args.input, path)
-      print(format_scores(scores))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from e
-  return path, scores
+  """The command line: returns (results json path, scores or None); an error is one line
+  (cli.py) and SystemExit with a non-zero status."""
+  out = []
+  status = cli.run(lambda args, rest: _command(args, rest, out), build_parser(), argv)
+  if status:
+    raise SystemExit(status)
+  return tuple(out)
 
 
 if __name__ == "__main__":
