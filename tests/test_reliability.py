@@ -411,7 +411,7 @@ def test_bad_results_file_is_one_line(fixtures_dir, tmp_path, capsys, case):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and str(path) in err[0] and "entry 1" in err[0], err
-  assert ("no 'score'" if case == "no_score" else "'12.5'") in err[0]
+  assert ("lacks ['score']" if case == "no_score" else "'12.5'") in err[0]
 
 
 # ------------------------------------------------------------------------ data workers

@@ -91,8 +91,9 @@ def points_in_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
   return inside & ~on_edge
 
 
-def _drop_ignored(people: list[dict], polys: list[np.ndarray]) -> list[dict]:
-  """poseval's removeIgnoredPointsRects: points inside a region go, then empty people."""
+def drop_ignored(people: list[dict], polys: list[np.ndarray]) -> list[dict]:
+  """poseval's removeIgnoredPointsRects (AP and MOTA alike): points strictly inside a region
+  go, then people without points."""
   out = []
   for p in people:
     inside = np.zeros(NJ, bool)
@@ -160,7 +161,7 @@ def evaluate_ap(frames: list[dict]) -> np.ndarray:
       continue                    # cleanupData: frames without GT people are not scored
     gt, pr = f["gt"], f["pr"]
     if f["ignore"]:
-      gt, pr = _drop_ignored(gt, f["ignore"]), _drop_ignored(pr, f["ignore"])
+      gt, pr = drop_ignored(gt, f["ignore"]), drop_ignored(pr, f["ignore"])
     per_pred, counts = _assign_frame(gt, pr)
     n_gt += counts
     for s, lab, joints in per_pred:

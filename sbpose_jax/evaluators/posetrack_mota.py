@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sbpose_jax.evaluators.posetrack import COLUMNS, POSEVAL_JOINTS, points_in_polygon
+from sbpose_jax.evaluators.posetrack import COLUMNS, POSEVAL_JOINTS, drop_ignored
 
 NJ = len(POSEVAL_JOINTS)
 DIST_THRESH = 0.5
@@ -97,19 +97,6 @@ def parse_sequence(data: dict, where: str = "sequence", predictions: bool = True
   return frames
 
 
-def _drop_ignored(people: list[dict], polys: list[np.ndarray]) -> list[dict]:
-  """removeIgnoredPointsRects: points strictly inside a region go, then people without points."""
-  out = []
-  for p in people:
-    inside = np.zeros(NJ, bool)
-    for poly in polys:
-      inside |= points_in_polygon(p["xy"], poly)
-    has = p["has"] & ~inside
-    if has.any():
-      out.append({**p, "has": has})
-  return out
-
-
 def prepare_sequence(gt: list[dict], pr: list[dict], where: str = "sequence"):
   """cleanupData + removeIgnoredPoints for one sequence → [(gt people, pr people)] scored.
 
@@ -125,7 +112,7 @@ def prepare_sequence(gt: list[dict], pr: list[dict], where: str = "sequence"):
       continue
     gp, pp = g["people"], p["people"]
     if g["ignore"]:
-      gp, pp = _drop_ignored(gp, g["ignore"]), _drop_ignored(pp, g["ignore"])
+      gp, pp = drop_ignored(gp, g["ignore"]), drop_ignored(pp, g["ignore"])
     pairs.append((gp, pp))
   if len(pairs) == 1:
     raise ValueError(f"{where}: only one frame with people; poseval cannot score it "
