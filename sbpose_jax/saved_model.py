@@ -122,6 +122,31 @@ def build_model(meta: ModelMeta, dtype: str = "float32", deconv_impl: str = "tra
                       meta.num_joints, precision=precision)
 
 
+def random_variables(meta: ModelMeta, input_hw=(64, 48), bias: float = 0.0,
+                     seed: int = 0) -> dict:
+  """Random {"params", "batch_stats"} of `meta`'s network, made without compiling its init.
+
+  For benchmarks and tests that need a model to run, not a trained one: kernels normal with
+  variance 1/fan-in, BatchNorm statistics 0 and 1, every scale 1 and every bias `bias` (a
+  positive one lifts the heatmap maxima above the score thresholds). `input_hw` only sizes
+  the abstract init. Deterministic in `seed`.
+  """
+  shapes = jax.eval_shape(build_model(meta).init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, *input_hw, 3), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if "batch_stats" in name:
+      return (np.ones if "var" in name else np.zeros)(s.shape, np.float32)
+    if name.endswith("['scale']"):
+      return np.ones(s.shape, np.float32)
+    if name.endswith("['bias']"):
+      return np.full(s.shape, bias, np.float32)
+    return (rng.normal(size=s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 # ------------------------------------------------------------------------------ fit checks
 
 def check_fits(meta: ModelMeta, dataset: str, where) -> None:

@@ -69,26 +69,11 @@ def make_data(root: pathlib.Path, num_images: int, seed: int = 0) -> pathlib.Pat
 
 def random_model(path: pathlib.Path, depth: int) -> pathlib.Path:
   """A saved PoseResNet with random weights (no init compile: shapes via eval_shape)."""
-  import jax
-  import jax.numpy as jnp
   from sbpose_jax import saved_model
   if saved_model.is_saved_model(path):
     return path
   meta = saved_model.ModelMeta(depth=depth, num_joints=17, dataset="coco", source="random")
-  model = saved_model.build_model(meta)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 192, 3)))
-  rng = np.random.default_rng(0)
-
-  def fill(p, s):
-    name = jax.tree_util.keystr(p)
-    if "batch_stats" in name:
-      return (np.ones if "var" in name else np.zeros)(s.shape, np.float32)
-    if name.endswith("['scale']"):
-      return np.ones(s.shape, np.float32)
-    if name.endswith("['bias']"):
-      return np.zeros(s.shape, np.float32)
-    return (rng.normal(size=s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-  saved_model.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
+  saved_model.save_model(path, saved_model.random_variables(meta, (256, 192)), meta)
   return path
 
 

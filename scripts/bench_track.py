@@ -19,7 +19,6 @@ import time
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,23 +33,9 @@ from sbpose_jax.tracking import tracker  # noqa: E402
 def save_random_model(path, depth, width):
   meta = sm.ModelMeta(depth=depth, width=width, num_joints=17, dataset="posetrack18",
                       colour_order="rgb", source="bench")
-  model = sm.build_model(meta)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 192, 3)))
-  rng = np.random.default_rng(0)
-
-  def fill(p, s):
-    # Unit BatchNorm and a positive final bias: joint scores above the tracking threshold, so
-    # tracks exist and flow runs as it would on real people.
-    name = jax.tree_util.keystr(p)
-    if "batch_stats" in name:
-      return (np.ones if "var" in name else np.zeros)(s.shape, np.float32)
-    if name.endswith("['scale']"):
-      return np.ones(s.shape, np.float32)
-    if name.endswith("['bias']"):
-      return np.full(s.shape, 0.5, np.float32)
-    return (rng.normal(size=s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(np.float32)
-
-  sm.save_model(path, jax.tree_util.tree_map_with_path(fill, shapes), meta)
+  # A positive bias: joint scores above the tracking threshold, so tracks exist and flow runs
+  # as it would on real people.
+  sm.save_model(path, sm.random_variables(meta, (256, 192), bias=0.5), meta)
 
 
 def synthetic_clip(path, n, size=(640, 480), people=3, seed=0):

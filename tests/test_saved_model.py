@@ -92,3 +92,19 @@ def test_fit_checks_name_the_problem():
     saved_model.check_matches_config(dataclasses.replace(fits, width=8), config)
   with pytest.raises(ValueError, match=r"num_joints=5 .*\(data.dataset\)"):
     saved_model.check_matches_config(dataclasses.replace(fits, num_joints=5), config)
+
+
+def test_random_variables_have_the_init_tree_and_are_deterministic():
+  meta = saved_model.ModelMeta(depth=18, width=8, num_joints=5, deconv_filters=(8, 8, 8))
+  a = saved_model.random_variables(meta, (64, 48), bias=0.5)
+  want = jax.eval_shape(saved_model.build_model(meta).init, jax.random.PRNGKey(0),
+                        jnp.zeros((1, 64, 48, 3)))
+  assert jax.tree.structure(a) == jax.tree.structure(want)
+  jax.tree.map(lambda x, s: np.testing.assert_equal((x.shape, x.dtype), (s.shape, s.dtype)),
+               a, want)
+  jax.tree.map(np.testing.assert_array_equal, a, saved_model.random_variables(meta, (64, 48),
+                                                                              bias=0.5))
+  np.testing.assert_array_equal(a["params"]["final_layer"]["bias"], 0.5)
+  np.testing.assert_array_equal(a["batch_stats"]["bn1"]["var"], 1.0)
+  kernel = a["params"]["conv1"]["kernel"]      # (7, 7, 3, 8): variance 1 / fan-in
+  assert abs(kernel.std() * np.sqrt(7 * 7 * 3) - 1.0) < 0.15
