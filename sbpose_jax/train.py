@@ -9,7 +9,7 @@ XLA is deterministic). Details on BatchNorm statistics and multi-host runs: docs
 what a user sees on each fault: docs/reliability.md.
 
 This module is the command line only and imports neither JAX nor the model at the top, so
-that `--help` answers at once; `train.X` still reaches the loop's names (`training.X`).
+that `--help` answers at once; the loop's names live in `training`.
 """
 from __future__ import annotations
 
@@ -18,15 +18,6 @@ import os
 import sys
 
 from sbpose_jax import cli
-
-
-def __getattr__(name: str):
-  # train.train_and_evaluate, train.train_step, ...: the loop's names, loaded when first used.
-  from sbpose_jax import training  # why: JAX and the model load only when used (--help)
-  try:
-    return getattr(training, name)
-  except AttributeError:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 # ------------------------------------------------------------------------- command line

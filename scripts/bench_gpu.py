@@ -150,20 +150,20 @@ def _config(args, *extra):
 
 
 def _settings(config, global_batch: int):
-  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import training  # pylint: disable=import-outside-toplevel
   group = int(config.bn_group_size)
   d = config.data
-  return train.StepSettings(0 if group >= global_batch else group, d.colour_order,
+  return training.StepSettings(0 if group >= global_batch else group, d.colour_order,
                             d.colour_order, tuple(int(v) for v in d.heatmap_size),
                             float(d.sigma), tuple(int(v) for v in d.input_size))
 
 
 def _state(config):
   import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import models, train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import models, training  # pylint: disable=import-outside-toplevel
   from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
   model = models.build(config.model, 17)
-  tx, _ = train.make_optimizer(config, 1000)
+  tx, _ = training.make_optimizer(config, 1000)
   hw = tuple(int(v) for v in config.data.input_size)[::-1]
   return model, ts.create_train_state(model, tx, jax.random.PRNGKey(0), hw)
 
@@ -202,7 +202,7 @@ def make_data(args, tmp: pathlib.Path):
 def end_to_end(args, budget: Budget, records, pack_dir) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import bench_input  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import training  # pylint: disable=import-outside-toplevel
   from sbpose_jax.data import packed, pipeline  # pylint: disable=import-outside-toplevel
   pipeline.prepare_multiprocessing()
   b = args.batches[0]
@@ -229,7 +229,7 @@ def end_to_end(args, budget: Budget, records, pack_dir) -> None:
 
       def step(state, it=it, keys=keys, model=model, settings=settings):
         local = next(it)
-        return train.train_step(state, jax.device_put({k: local[k] for k in keys}),
+        return training.train_step(state, jax.device_put({k: local[k] for k in keys}),
                                 model=model, settings=settings)
 
       for _ in range(1 + args.warmup):

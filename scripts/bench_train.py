@@ -23,13 +23,14 @@ from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
 from sbpose_jax import models
 from sbpose_jax import train
+from sbpose_jax import training
 from sbpose_jax import train_state as ts
 
 
 def _setup(config, n_devices: int, per_device: int):
   info = keypoints.get(config.data.dataset)
   model = models.build(config.model, info.num_joints)
-  tx, _ = train.make_optimizer(config, epoch_steps=1000)
+  tx, _ = training.make_optimizer(config, epoch_steps=1000)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n_devices]), ("data",))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -37,7 +38,7 @@ def _setup(config, n_devices: int, per_device: int):
   state = ts.create_train_state(model, tx, jax.random.PRNGKey(0), hw)
   group = int(config.bn_group_size)
   global_batch = per_device * n_devices
-  settings = train.StepSettings(0 if group >= global_batch else group, config.data.colour_order,
+  settings = training.StepSettings(0 if group >= global_batch else group, config.data.colour_order,
                                 config.data.colour_order,
                                 tuple(int(v) for v in config.data.heatmap_size),
                                 float(config.data.sigma))
@@ -56,15 +57,15 @@ def bench_step(config, n_devices: int, per_device: int, steps: int, warmup: int)
   batch = jax.device_put(dict(image=rng.integers(0, 256, (b, *hw, 3), dtype=np.uint8),
                               joints=joints), data)
   t = time.perf_counter()
-  state, m = train.train_step(state, batch, model=model, settings=settings)
+  state, m = training.train_step(state, batch, model=model, settings=settings)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t
   for _ in range(warmup):
-    state, m = train.train_step(state, batch, model=model, settings=settings)
+    state, m = training.train_step(state, batch, model=model, settings=settings)
   jax.block_until_ready(m)
   t = time.perf_counter()
   for _ in range(steps):
-    state, m = train.train_step(state, batch, model=model, settings=settings)
+    state, m = training.train_step(state, batch, model=model, settings=settings)
   jax.block_until_ready(m)
   dt = time.perf_counter() - t
   return dict(mode="step", devices=n_devices, batch_per_device=per_device, global_batch=b,
@@ -76,13 +77,13 @@ def bench_end_to_end(config, n_devices: int, per_device: int, steps: int, warmup
   """img/s with the config's grain pipeline feeding the step (decode, augment, copy)."""
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   model, state, data, settings, _ = _setup(config, n_devices, per_device)
-  records = train._prepare_data(config)  # pylint: disable=protected-access
+  records = training._prepare_data(config)  # pylint: disable=protected-access
   b = per_device * n_devices
   it = iter(pipeline.train_dataset(records, config, batch_size=b, seed=0, host_targets=False))
   def step(state):
     local = next(it)
     batch = jax.device_put({k: local[k] for k in ("image", "joints")}, data)
-    return train.train_step(state, batch, model=model, settings=settings)
+    return training.train_step(state, batch, model=model, settings=settings)
   for _ in range(1 + warmup):
     state, m = step(state)
   jax.block_until_ready(m)

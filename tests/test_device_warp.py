@@ -60,7 +60,7 @@ def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path):
 
 def test_train_step_warps_on_device(fixtures_dir, tmp_path):
   """One train step from packed crops + matrices equals the step on host-warped crops."""
-  from sbpose_jax import models, train  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import models, training  # pylint: disable=import-outside-toplevel
   from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
   wh = (96, 96)
   cfg = config_lib.load("coco_res50", [
@@ -72,21 +72,21 @@ def test_train_step_warps_on_device(fixtures_dir, tmp_path):
       "--config.data.source=packed", f"--config.data.packed_dir={tmp_path}",
       "--config.data.warp_on_device=True"])
   with pytest.raises(FileNotFoundError, match="sbpose_jax.pack"):
-    train._prepare_data(cfg)
+    training._prepare_data(cfg)
   pack_lib.write_pack(readers.read_split(cfg.data, "train"), cfg, "train", tmp_path,
                       workers=1, progress_bar=False)
-  pack = train._prepare_data(cfg)
+  pack = training._prepare_data(cfg)
   assert isinstance(pack, packed.Pack)
   kw = dict(batch_size=4, seed=0, host_targets=False)
   dev = next(iter(packed.train_dataset(pack, cfg, on_device=True, **kw)))
   host = next(iter(packed.train_dataset(pack, cfg, on_device=False, **kw)))
   model = models.build(cfg.model, 17)
-  tx, _ = train.make_optimizer(cfg, 10)
-  settings = train.StepSettings(0, "rgb", "rgb", (24, 24), 2.0, wh)
+  tx, _ = training.make_optimizer(cfg, 10)
+  settings = training.StepSettings(0, "rgb", "rgb", (24, 24), 2.0, wh)
   losses = []
   for batch, keys in ((dev, ("image", "joints", "warp_matrix")), (host, ("image", "joints"))):
     state = ts.create_train_state(model, tx, jax.random.PRNGKey(0), wh[::-1])
-    _, metrics = train.train_step(state, {k: batch[k] for k in keys}, model=model,
+    _, metrics = training.train_step(state, {k: batch[k] for k in keys}, model=model,
                                   settings=settings)
     losses.append(float(metrics["loss_sum"]) / float(metrics["count"]))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)

@@ -20,7 +20,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from sbpose_jax import saved_model, train, train_state as ts
+    from sbpose_jax import saved_model, training, train_state as ts
     assert jax.device_count() == 8
     model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5, width=8,
                                                           deconv_filters=(8, 8, 8)))
@@ -36,12 +36,12 @@ EIGHT_DEVICES = textwrap.dedent("""
       mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
       rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
       for group in (0, 2):
-        settings = train.StepSettings(group, heatmap_wh=(24, 24), sigma=2.0)
+        settings = training.StepSettings(group, heatmap_wh=(24, 24), sigma=2.0)
         state = jax.device_put(ts.create_train_state(model, tx, jax.random.PRNGKey(0),
                                                      (96, 96), variables), rep)
         for b in batches:
-          gb = train.to_global_batch(b, data, 16, keys=("image", "joints"))
-          state, m = train.train_step(state, gb, model=model, settings=settings)
+          gb = training.to_global_batch(b, data, 16, keys=("image", "joints"))
+          state, m = training.train_step(state, gb, model=model, settings=settings)
         assert len(gb["image"].sharding.device_set) == n
         assert state.params["conv1"]["kernel"].sharding.is_fully_replicated
         out[f"{n}_{group}"] = jax.device_get(
@@ -103,7 +103,7 @@ TWO_PROCESSES = textwrap.dedent("""
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import numpy as np
-    from sbpose_jax import config as config_lib, train
+    from sbpose_jax import config as config_lib, train, training
     from sbpose_jax.data import pipeline, readers
     train.init_distributed(f"127.0.0.1:{port}", 2, pid)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
@@ -114,7 +114,7 @@ TWO_PROCESSES = textwrap.dedent("""
                                      process_index=pid, process_count=2, host_targets=False,
                                      num_workers=0, extra_fields=("index",)))
     seen = [int(i) for i in next(it)["index"]]
-    results, state = train.train_and_evaluate(cfg, workdir, progress=False, return_state=True)
+    results, state = training.train_and_evaluate(cfg, workdir, progress=False, return_state=True)
     params = jax.tree.leaves(jax.device_get(state.params))
     digest = float(sum(np.sum(np.abs(p.astype(np.float64))) for p in params))
     # The evaluation loop alone: each process predicts its share of the boxes, all score all.

@@ -20,6 +20,7 @@ from sbpose_jax import config as config_lib
 from sbpose_jax import models
 from sbpose_jax import optim
 from sbpose_jax import train
+from sbpose_jax import training
 from sbpose_jax import train_log
 from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
@@ -56,7 +57,7 @@ def _config(root, steps, *extra):
 def template(data_root, tmp_path_factory):
   """A workdir with checkpoints at steps 2 and 4 (and the run's logs)."""
   work = tmp_path_factory.mktemp("template") / "run"
-  train.train_and_evaluate(_config(data_root, 4), work, progress=False)
+  training.train_and_evaluate(_config(data_root, 4), work, progress=False)
   assert workdir_lib.latest_step(work) == 4
   return work
 
@@ -71,7 +72,7 @@ def _copy(template, tmp_path) -> pathlib.Path:
 
 def _abstract_state(cfg, num_records=6):
   epoch_steps = optim.steps_per_epoch(num_records, int(cfg.batch_size_per_device))
-  tx, _ = train.make_optimizer(cfg, epoch_steps)
+  tx, _ = training.make_optimizer(cfg, epoch_steps)
   model = models.build(cfg.model, 17)
   return jax.eval_shape(lambda: ts.create_train_state(
       model, tx, jax.random.PRNGKey(0), tuple(cfg.data.input_size)[::-1]))
@@ -136,7 +137,7 @@ def test_no_checkpoint_restoring_moves_nothing(template, data_root, tmp_path):
 def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, capsys):
   work = _copy(template, tmp_path)
   _remove(work / "checkpoints" / "4" / "state" / "manifest.ocdbt")
-  _, state = train.train_and_evaluate(_config(data_root, 6), work, progress=False,
+  _, state = training.train_and_evaluate(_config(data_root, 6), work, progress=False,
                                       return_state=True)
   out = capsys.readouterr().out
   assert "checkpoint step 4 cannot be restored" in out and "resumed from step 2" in out
@@ -171,13 +172,13 @@ def test_operational_changes_are_accepted_and_listed_others_refused_with_reason(
 def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):
   """Diverge after step 2 with a huge learning rate; the hint's value then resumes."""
   work = _copy(template, tmp_path)
-  with pytest.raises(train.TrainingDiverged) as e:
-    train.train_and_evaluate(_config(data_root, 8, "--config.optim.lr=1e30"), work,
+  with pytest.raises(training.TrainingDiverged) as e:
+    training.train_and_evaluate(_config(data_root, 8, "--config.optim.lr=1e30"), work,
                              progress=False)
   message = str(e.value)
   assert "last good checkpoint is step" in message and "None" not in message
   assert "--config.optim.lr=1e+29" in message   # a tenth: the setting the hint names
-  results = train.train_and_evaluate(_config(data_root, 6, "--config.optim.lr=1e-3"),
+  results = training.train_and_evaluate(_config(data_root, 6, "--config.optim.lr=1e-3"),
                                      work, progress=False)
   out = capsys.readouterr().out
   assert "config change on resume: optim.lr: 1e+30 -> " in out and "resumed from step" in out
@@ -187,11 +188,11 @@ def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):
 def test_nan_without_checkpoint_says_so(tmp_path):
   ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
   nan = np.float32(np.nan)
-  run = train._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
+  run = training._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=nan, count=np.float32(2), visible=np.float32(1),
                                        grad_norm=np.float32(1))])
-  with pytest.raises(train.TrainingDiverged, match="No checkpoint was written yet") as e:
-    train._flush_metrics(run, 5, log=True)
+  with pytest.raises(training.TrainingDiverged, match="No checkpoint was written yet") as e:
+    training._flush_metrics(run, 5, log=True)
   assert "None" not in str(e.value)
   ckpts.close()
 
@@ -203,10 +204,10 @@ def test_bad_image_hint_is_accepted_on_resume(template, data_root, tmp_path, cap
   victim = sorted((bad_root / "train").iterdir())[0]
   victim.write_bytes(b"not a jpeg")
   with pytest.raises(Exception) as e:
-    train.train_and_evaluate(_config(bad_root, 6), work, progress=False)
+    training.train_and_evaluate(_config(bad_root, 6), work, progress=False)
   line = cli.describe(cli._find_user_error(e.value))
   assert victim.name in line and "data.skip_bad_images=True" in line and "\n" not in line
-  train.train_and_evaluate(_config(bad_root, 6, "--config.data.skip_bad_images=True"), work,
+  training.train_and_evaluate(_config(bad_root, 6, "--config.data.skip_bad_images=True"), work,
                            progress=False)
   out = capsys.readouterr().out
   assert "data.skip_bad_images: False -> True" in out and "resumed from step 4" in out

@@ -24,6 +24,7 @@ from sbpose_jax import init_weights
 from sbpose_jax import models
 from sbpose_jax import saved_model
 from sbpose_jax import train
+from sbpose_jax import training
 from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
 from sbpose_jax.data import synthetic
@@ -95,7 +96,7 @@ def test_batchnorm_groups(tiny_model):
   """group == B is global BN; groups of B/2 equal two separate half-batch passes."""
   model, variables = tiny_model
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 96, 96, 3))
-  fwd = jax.jit(train._forward, static_argnums=(0, 3))
+  fwd = jax.jit(training._forward, static_argnums=(0, 3))
   out0, stats0 = fwd(model, variables, x, 0)
   out4, stats4 = fwd(model, variables, x, 4)
   np.testing.assert_array_equal(out0, out4)
@@ -112,9 +113,9 @@ def test_batchnorm_groups(tiny_model):
 def test_check_batch_rejects_bad_group():
   cfg = config_lib.load("coco_res50", ["--config.batch_size_per_device=24"])
   with pytest.raises(ValueError, match="bn_group_size=64 must divide the global batch 96"):
-    train._check_batch(cfg, 4)
-  assert train._check_batch(cfg, 8) == (192, 64)
-  assert train._check_batch(cfg, 1) == (24, 0)   # group >= batch: one group = global
+    training._check_batch(cfg, 4)
+  assert training._check_batch(cfg, 8) == (192, 64)
+  assert training._check_batch(cfg, 1) == (24, 0)   # group >= batch: one group = global
 
 
 # --------------------------------------------------------------------- init and workdir
@@ -146,13 +147,13 @@ def test_init_from_saved_backbone(tmp_path, tiny_model):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
   ckpts.save(3, {"w": jnp.ones(3)})
-  run = train._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
+  run = training._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=jnp.float32(1.0), count=jnp.float32(2.0),
                                        visible=jnp.float32(3.0), grad_norm=jnp.float32(1.0)),
                                   dict(loss_sum=jnp.float32(np.nan), count=jnp.float32(2.0),
                                        visible=jnp.float32(3.0), grad_norm=jnp.float32(1.0))])
-  with pytest.raises(train.TrainingDiverged, match="last good checkpoint is step 3"):
-    train._flush_metrics(run, 5, log=True)
+  with pytest.raises(training.TrainingDiverged, match="last good checkpoint is step 3"):
+    training._flush_metrics(run, 5, log=True)
   ckpts.close()
   assert sorted(p.name for p in (tmp_path / workdir_lib.CHECKPOINT_DIR).iterdir()) == ["3"]
 
@@ -174,10 +175,10 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
     fixtures_dir, tmp_path, capsys):
   """The real config (bf16 compute, detector boxes, per-group BN) minus the model size."""
   work = tmp_path / "run"
-  first = train.train_and_evaluate(_fixture_config(fixtures_dir, 2), work, progress=False)
+  first = training.train_and_evaluate(_fixture_config(fixtures_dir, 2), work, progress=False)
   assert set(first) == {"val"} and {"AP", "AR"} <= set(first["val"])
   assert workdir_lib.TrainCheckpoints(work).latest_step() == 2
-  results, state = train.train_and_evaluate(_fixture_config(fixtures_dir, 3), work,
+  results, state = training.train_and_evaluate(_fixture_config(fixtures_dir, 3), work,
                                             progress=False, return_state=True)
   out = capsys.readouterr().out
   assert "resumed from step 2" in out and int(state.step) == 3
