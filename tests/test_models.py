@@ -87,21 +87,22 @@ def test_head_shapes(kernels, final):
 
 
 @pytest.mark.parametrize("k", [4, 3, 2])
-def test_subpixel_deconv_equals_conv_transpose(k):
-  # The head's sub-pixel form against Flax's own transposed conv with torch's padding rule:
-  # torch (p, op) -> flax (k - 1 - p, k - 1 - p + op) on the dilated input.
+def test_deconv_forms_equal_conv_transpose(k):
+  # The head's sub-pixel and dilated forms against Flax's own transposed conv with torch's
+  # padding rule: torch (p, op) -> flax (k - 1 - p, k - 1 - p + op) on the dilated input.
   p, op = pose_resnet.DECONV_PADDING[k]
   pad = (k - 1 - p, k - 1 - p + op)
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.standard_normal((2, 5, 4, 6)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((k, k, 3, 6)), jnp.float32)
+  variables = {"params": {"kernel": jnp.asarray(rng.standard_normal((k, k, 3, 6)), jnp.float32)}}
   want = nn.ConvTranspose(3, (k, k), (2, 2), padding=(pad, pad), transpose_kernel=True,
-                          use_bias=False).apply({"params": {"kernel": kernel}}, x)
-  got = pose_resnet.Deconv(3, k).apply({"params": {"kernel": kernel}}, x)
-  assert got.shape == want.shape == (2, 10, 8, 3)
-  np.testing.assert_allclose(got, want, atol=1e-5)
+                          use_bias=False).apply(variables, x)
+  for form in (pose_resnet.Deconv(3, k), pose_resnet.DilatedDeconv(3, k)):
+    got = jax.jit(form.apply)(variables, x)   # jitted: op by op, Deconv's stack costs seconds
+    assert got.shape == want.shape == (2, 10, 8, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
   with pytest.raises(ValueError, match="deconv kernel 5"):
-    pose_resnet.Deconv(3, 5).init(jax.random.key(0), x)
+    jax.eval_shape(pose_resnet.Deconv(3, 5).init, jax.random.key(0), x)
 
 
 def test_build_from_config_bf16_compute_f32_params():
@@ -153,20 +154,17 @@ def test_init_and_batchnorm_train_update():
                              rtol=1e-4)
 
 
-def test_deconv_impls_are_one_function():
-  # The same variables drive both forms of the head (checkpoints are interchangeable).
+def test_deconv_impls_share_one_variable_tree():
+  # Every form of the head reads the same variables (checkpoints are interchangeable); each
+  # layer is the same function (test above), and test_export runs whole networks in each form.
   kw = dict(depth=18, num_joints=3, width=8, deconv_filters=(8, 8), num_deconv_layers=2,
             deconv_kernels=(4, 3))
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
-  sub = models.PoseResNet(deconv_impl="subpixel", **kw)
-  # Jitted: run op by op, the two forward passes took minutes on a busy 2-core CPU.
-  variables = jax.jit(sub.init)(jax.random.key(1), x)
-  variables = jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)),
-                           variables)  # non-trivial BatchNorm statistics and head weights
-  want = jax.jit(models.PoseResNet(deconv_impl="transpose", **kw).apply)(variables, x)
-  np.testing.assert_allclose(jax.jit(sub.apply)(variables, x), want, rtol=1e-4, atol=1e-5)
+  trees = [shapes(models.PoseResNet(deconv_impl=impl, **kw), hw=(64, 64))
+           for impl in pose_resnet.DECONV_IMPLS]
+  for variables, out in trees[1:]:
+    assert variables == trees[0][0] and out == trees[0][1]
   with pytest.raises(ValueError, match="deconv_impl"):
-    jax.eval_shape(models.PoseResNet(deconv_impl="fft", **kw).init, jax.random.key(0), x)
+    shapes(models.PoseResNet(deconv_impl="fft", **kw), hw=(64, 64))
 
 
 def test_bench_deconv_script_runs(capsys):

@@ -236,14 +236,13 @@ def _demo_command(root, workdir, steps):
           ] + TINY_INPUT + ["--config.model.deconv_filters=(16,16,16)"]
 
 
-def _env(cache):
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-              JAX_COMPILATION_CACHE_DIR=str(cache))
+def _env():
+  # The session's compilation cache comes with os.environ (conftest.py).
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
 
 
 def test_kill_and_resume_equals_uninterrupted_and_learns(synthetic_root, tmp_path):
-  steps, cache = 10, tmp_path / "jax_cache"
-  env = _env(cache)
+  steps, env = 10, _env()
   ref = subprocess.run(_demo_command(synthetic_root, tmp_path / "ref", steps), env=env,
                        cwd=REPO, capture_output=True, text=True, timeout=600)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -279,7 +278,7 @@ def test_short_run_raises_ap(synthetic_root, tmp_path):
   cmd = _demo_command(synthetic_root, tmp_path / "run", 80) + [
       "--config.model.width=16", "--config.optim.warmup_steps=5",
       "--config.checkpoint_every_steps=1000", "--config.log_every_steps=20"]
-  run = subprocess.run(cmd, env=_env(tmp_path / "jax_cache"), cwd=REPO, capture_output=True,
+  run = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True,
                        text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -1,7 +1,10 @@
 """Training logs: JSONL lines, TensorBoard scalars, sample pictures; silent on other processes."""
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from sbpose_jax import train_log
 
@@ -44,3 +47,17 @@ def test_sample_picture_draws_the_unpadded_crops():
   picture = train_log.sample_picture(batch, kpts, "coco", "rgb", (w, h))
   assert picture.dtype == np.uint8 and picture.ndim == 3
   assert (picture != 128).any()   # skeletons were drawn
+
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch whenever it is installed (1.5 s per run); we hide it, and only
+  for that import: torch stays importable afterwards."""
+  pytest.importorskip("torch")
+  code = ("import sys; from sbpose_jax import train_log; "
+          f"log = train_log.RunLogger({str(tmp_path)!r}, 10, 0, progress=False); "
+          "log.train_line(1, {'loss': 1.0, 'lr': 0.1}); log.close(); "
+          "assert log._tb is not None and 'torch' not in sys.modules, sorted(sys.modules); "
+          "import torch; print(torch.__name__)")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.splitlines()[-1] == "torch" and list((tmp_path / "tb").iterdir())
