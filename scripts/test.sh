@@ -21,4 +21,6 @@ if ! "$PY" -c "import xtcocotools.cocoeval" 2>/dev/null; then
   pip_install --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3"
 fi
 
-exec "$PY" -m pytest -q "$@"
+# Every core (at most 4): pytest-xdist runs the test files in worker processes, one file per
+# worker at a time (module fixtures are built once). TEST_WORKERS=0 runs them in this process.
+exec "$PY" -m pytest -q -n "${TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile "$@"
