@@ -1,13 +1,7 @@
 """PyTorch PoseResNet / ResNet checkpoints -> sbpose_jax variables and saved models.
 
-The library of the `python -m sbpose_jax.convert` command (convert.py).
-
-Recognised layouts (after unwrapping {'state_dict': ...} and stripping `module.`):
-  mmpose0      `backbone.*` + `keypoint_head.*` (MMPose 0.x, and 1.x rows that re-use 0.x files)
-  mmpose1      `backbone.*` + `head.*` (+ wrapper keys; `data_preprocessor.*` ignored)
-  poseresnet   bare names, no prefix (the MSRA 2018 files; BGR input)
-  torchvision  ImageNet ResNet with `fc.*` (ignored): backbone only, the training initialisation
-  backbone     any of the above without a head (backbone only)
+The library of the `python -m sbpose_jax.convert` command (convert.py, whose docstring lists
+the recognised layouts: mmpose0, mmpose1, poseresnet, torchvision, backbone).
 
 The conversion is a name table: Flax submodules carry the PyTorch names (`layer1_0/conv1` <->
 `layer1.0.conv1`), so each Flax leaf has exactly one source key. Depth, head shape and K come

@@ -2,8 +2,14 @@
 
     python -m sbpose_jax.convert SRC DST [--config NAME] [--style caffe] [--colour-order bgr]
 
-Recognised layouts (MMPose 0.x / 1.x, the MSRA PoseResNet files, torchvision ImageNet ResNets,
-bare backbones) and the conversion itself: conversion.py. Nothing here needs PyTorch.
+Recognised layouts (after unwrapping {'state_dict': ...} and stripping `module.`):
+  mmpose0      `backbone.*` + `keypoint_head.*` (MMPose 0.x, and 1.x rows that re-use 0.x files)
+  mmpose1      `backbone.*` + `head.*` (+ wrapper keys; `data_preprocessor.*` ignored)
+  poseresnet   bare names, no prefix (the MSRA 2018 files; BGR input)
+  torchvision  ImageNet ResNet with `fc.*` (ignored): backbone only, the training initialisation
+  backbone     any of the above without a head (backbone only)
+
+The conversion itself (a name table): conversion.py. Nothing here needs PyTorch.
 """
 from __future__ import annotations
 
@@ -12,19 +18,19 @@ import sys
 
 from sbpose_jax import cli
 from sbpose_jax import config as config_lib
-from sbpose_jax import conversion
-from sbpose_jax import pth
-from sbpose_jax.models import resnet
+
+# models.resnet.STYLES, written out: importing it loads flax (tests/test_reliability.py checks
+# that the two agree).
+STYLES = ("pytorch", "caffe")
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sbpose_jax.convert", description=__doc__,
-                                   epilog=conversion.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("src", help="PyTorch checkpoint (.pth / .pth.tar), zip or legacy format")
   parser.add_argument("dst", help="output saved-model directory")
   parser.add_argument("--config", help="config name or path to check the shapes against")
-  parser.add_argument("--style", choices=resnet.STYLES,
+  parser.add_argument("--style", choices=STYLES,
                       help="ResNet style (default: the config's, else pytorch)")
   parser.add_argument("--colour-order", choices=("rgb", "bgr"),
                       help="override the recorded input colour order")
@@ -33,6 +39,11 @@ def main(argv=None) -> int:
   cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
   cli.setup_logging(cli.debug_enabled(args))
+  # why: conversion imports JAX and flax; imported after parsing so that `--help` answers at once.
+  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import conversion
+  from sbpose_jax import pth
+  # pylint: enable=import-outside-toplevel
   try:
     config = None
     if args.config:

@@ -21,17 +21,12 @@ import sys
 import time
 from typing import Sequence
 
-import jax
 import ml_collections
 
 from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import evaluators
-from sbpose_jax import api
-from sbpose_jax import saved_model
-from sbpose_jax import workdir
 from sbpose_jax.data import readers
-from sbpose_jax.evaluators import loop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +118,15 @@ def check_inputs(cfg, need_images: bool = True) -> None:
 def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
                    ) -> dict[str, float]:
   """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
+  # why: these import JAX, orbax and grain; imported here so that `--help` answers at once.
+  # pylint: disable=import-outside-toplevel
+  import jax
+
+  from sbpose_jax import api
+  from sbpose_jax import saved_model
+  from sbpose_jax import workdir
+  from sbpose_jax.evaluators import loop
+  # pylint: enable=import-outside-toplevel
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   check_inputs(cfg)

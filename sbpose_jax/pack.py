@@ -29,8 +29,10 @@ import numpy as np
 from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
-from sbpose_jax.data import packed
 from sbpose_jax.data.records import Records
+
+# `sbpose_jax.data.packed` imports grain (and JAX): each function that needs it imports it, so
+# that `--help` answers at once.
 
 
 class PackError(cli.UserError):
@@ -44,6 +46,7 @@ def shard_size(num_records: int) -> int:
 
 
 def shard_name(split: str, i: int, n: int) -> str:
+  from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel  # grain
   return f"{packed.NAME}-{split}.array_record-{i:05d}-of-{n:05d}"
 
 
@@ -60,7 +63,7 @@ def _init(state: dict) -> None:
 def _pack_shard(i: int) -> tuple[int, int]:
   """Writes shard i; returns (i, instances handled). Raises PackError unless skip_bad."""
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import packed, pipeline  # pylint: disable=import-outside-toplevel
   s = _STATE
   records, split, out, progress = s["records"], s["split"], s["out"], s["progress"]
   lo, hi = i * s["chunk"], min(len(records), (i + 1) * s["chunk"])
@@ -98,6 +101,7 @@ def _pack_shard(i: int) -> tuple[int, int]:
 
 
 def _plan(records: Records, config, split: str, out: pathlib.Path) -> dict:
+  from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel  # grain
   ann = pathlib.Path(config.data.root) / config.data[f"{split}_ann"]
   chunk = shard_size(len(records))
   return dict(key=packed.pack_key(config, split), annotations=packed.file_digest(ann),
@@ -161,6 +165,7 @@ def write_pack(records: Records, config, split: str, out, *, workers: int | None
 def _finish(records: Records, config, split: str, out: pathlib.Path, plan: dict) -> dict:
   """Records of the kept rows, TFDS metadata of every finished split, `pack-<split>.json`."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel  # grain
   progress = out / f".progress-{split}"
   n = plan["num_shards"]
   parts = [json.loads((progress / f"shard-{i:05d}.json").read_text()) for i in range(n)]
@@ -220,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args, rest) -> int:
-  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel  # grain, JAX: not for --help
+  from sbpose_jax.data import packed, readers, synthetic
   config = config_lib.load(args.config, rest)
   synthetic.ensure_from_config(config)
   records = readers.read_split(config.data, args.split)

@@ -28,10 +28,7 @@ import numpy as np
 from sbpose_jax import cli
 from sbpose_jax import config as config_lib
 from sbpose_jax import keypoints
-from sbpose_jax import saved_model
 from sbpose_jax import visualize
-from sbpose_jax import workdir
-from sbpose_jax.data import pipeline
 from sbpose_jax.evaluators import postprocess
 
 log = logging.getLogger("sbpose_jax")
@@ -245,7 +242,13 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
         det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG paths."""
-  from sbpose_jax import api  # pylint: disable=import-outside-toplevel  # JAX: not for --help
+  # why: these import JAX, orbax and grain; imported here so that `--help` answers at once.
+  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import api
+  from sbpose_jax import saved_model
+  from sbpose_jax import workdir
+  from sbpose_jax.data import pipeline
+  # pylint: enable=import-outside-toplevel
   meta = workdir.read_meta(checkpoint_path)
   saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   videos = [pathlib.Path(i) for i in inputs if pathlib.Path(i).suffix.lower() in VIDEO_SUFFIXES]

@@ -337,14 +337,26 @@ def test_ctrl_c_names_the_resume_step_and_exits_130(data_root, tmp_path):
   assert "Traceback" not in rest and "leaked" not in rest and "ERROR" not in rest, rest
 
 
-def test_help_does_not_import_jax():
-  code = ("import sys, runpy; sys.argv = ['train', '--help']\n"
-          "try:\n  runpy.run_module('sbpose_jax.train', run_name='__main__')\n"
-          "except SystemExit:\n  pass\n"
-          "print('JAX', 'jax' in sys.modules)")
+HEAVY = ("jax", "flax", "orbax", "grain", "tensorflow_datasets", "torch")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "export", "track", "pack",
+                                     "convert"])
+def test_help_does_not_import_jax(command):
+  code = (f"import sys, runpy; sys.argv = ['{command}', '--help']\n"
+          f"try:\n  runpy.run_module('sbpose_jax.{command}', run_name='__main__')\n"
+          "except SystemExit as e:\n  print('EXIT', e.code)\n"
+          f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
   out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True,
                        text=True, timeout=120).stdout
-  assert "--no-progress" in out and "--debug" in out and "JAX False" in out, out
+  assert f"usage: python -m sbpose_jax.{command}" in out and "--debug" in out, out
+  assert "EXIT 0" in out and "HEAVY []" in out, out
+
+
+def test_convert_style_choices_are_the_models():
+  from sbpose_jax import convert  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  assert convert.STYLES == resnet.STYLES
 
 
 def test_metrics_truncation_keeps_steps_up_to_the_resumed_one(tmp_path):
