@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command(args, overrides) -> int:
+  try:
+    return _train(args, overrides)
+  except KeyboardInterrupt as e:
+    if str(e):  # training's own message: which step a re-run resumes from
+      raise
+    raise KeyboardInterrupt("interrupted while starting, before the workdir was read: nothing "
+                            "was written; re-running the same command starts (or resumes) "
+                            "the run") from None
+
+
+def _train(args, overrides) -> int:
   # why: imported after argument parsing, so that `--help` and usage errors answer without
   # loading JAX and the model code (4.4 s -> 0.24 s).
   # pylint: disable=import-outside-toplevel

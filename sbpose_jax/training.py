@@ -338,9 +338,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   workdir = pathlib.Path(workdir)
   config_lib.check_sizes(config)   # before anything is compiled
-  say = print if jax.process_index() == 0 else (lambda *_: None)
-  with workdir_lib.WorkdirLock(workdir, log=say):
-    return _train_locked(config, workdir, progress, return_state, say)
+  # flush: these lines say what the run does before its first step, also through a pipe.
+  say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
+  try:
+    with workdir_lib.WorkdirLock(workdir, log=say):
+      return _train_locked(config, workdir, progress, return_state, say)
+  except Interrupted:
+    raise
+  except KeyboardInterrupt:
+    # Ctrl-C while reading the data, restoring or compiling: this run wrote no checkpoint.
+    raise Interrupted(f"interrupted before the first step of this run; "
+                      f"{_resume_phrase(workdir)}") from None
 
 
 def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: bool, say):
@@ -394,7 +402,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
       f"{jax.process_count()} process(es)), {epoch_steps} steps/epoch, steps {start}->{stop} "
       f"of {total}" + (f"; resumed from step {start}" if start else ""))
   results = {}
-  step = start
+  step = done = start  # done: the last step whose update was dispatched
   try:
     if start == 0 and config.eval_at_start and config.evals:
       results = _evaluate(run, state, 0, list(config.evals))
@@ -405,6 +413,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
       keys = TRAIN_KEYS + (("warp_matrix",) if "warp_matrix" in local else ())
       state, metrics = train_step(state, to_global_batch(local, run.data_sharding, global_batch,
                                                          keys), model=model, settings=settings)
+      done = step
       run.pending.append(metrics)
       run.logger.advance()
       if step == start + 1:  # img/s without the compile
@@ -431,12 +440,12 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
     elif start == stop:
       run.logger.message(f"{workdir} already holds the finished run (step {stop}).")
   except KeyboardInterrupt:
-    _close(run, train_iter, interrupted_at=step)
+    _close(run, train_iter, step if done > start else None, interrupted=True)
     raise
   except BaseException:
-    _close(run, train_iter)
+    _close(run, train_iter, step if done > start else None)
     raise
-  _close(run, train_iter)
+  _close(run, train_iter, step)
   return (results, state) if return_state else results
 
 
@@ -470,25 +479,33 @@ class Interrupted(KeyboardInterrupt):
   """Ctrl-C; the message says which step a re-run resumes from."""
 
 
-def _close(run: _Run, train_iter, interrupted_at: int | None = None) -> None:
+def _resume_phrase(workdir: pathlib.Path) -> str:
+  resume = workdir_lib.latest_step(workdir)
+  if resume is None:
+    return "no checkpoint was written yet, so re-running the same command starts from step 0"
+  return f"re-running the same command resumes from step {resume}"
+
+
+def _close(run: _Run, train_iter, step: int | None, interrupted: bool = False) -> None:
   """Finishes the pending checkpoint (a second Ctrl-C abandons it), stops the data workers.
 
-  After an interruption raises Interrupted naming the step a re-run resumes from.
+  After an interruption (Ctrl-C before or during this) raises Interrupted naming the step a
+  re-run resumes from; `step` is the step in progress, None before the first one.
   """
   abandoned = False
   try:
     run.ckpts.close()
   except KeyboardInterrupt:
-    abandoned = True  # the partial step stays a tmp directory, which orbax deletes on re-run
-  finally:
+    interrupted = abandoned = True  # the partial step stays a tmp directory, deleted on re-run
+  try:
     run.logger.close()
     if hasattr(train_iter, "close"):  # grain workers and their shared memory
       train_iter.close()
-  if interrupted_at is None and not abandoned:
+  except KeyboardInterrupt:
+    interrupted = True
+  if not interrupted:
     return
-  resume = workdir_lib.latest_step(run.workdir)
-  raise Interrupted(
-      f"interrupted at step {interrupted_at}" + ("; the checkpoint being written was abandoned"
-                                                 if abandoned else "") +
-      (f"; re-running the same command resumes from step {resume}" if resume is not None else
-       "; no checkpoint was written yet, so a re-run starts from the beginning")) from None
+  where = f"at step {step}" if step is not None else "before the first step of this run"
+  raise Interrupted(f"interrupted {where}" + ("; the checkpoint being written was abandoned"
+                                              if abandoned else "") +
+                    f"; {_resume_phrase(run.workdir)}") from None

@@ -337,6 +337,29 @@ def test_ctrl_c_names_the_resume_step_and_exits_130(data_root, tmp_path):
   assert "Traceback" not in rest and "leaked" not in rest and "ERROR" not in rest, rest
 
 
+@pytest.mark.parametrize("checkpoints", [True, False], ids=["checkpoints", "none"])
+def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template, tmp_path,
+                                                           checkpoints):
+  work = _copy(template, tmp_path)   # its config with max_steps=4: the change line is printed
+  if not checkpoints:
+    shutil.rmtree(work / workdir_lib.CHECKPOINT_DIR)
+  proc = subprocess.Popen(_command(data_root, work, 400), env=_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+  for line in proc.stdout:
+    if line.startswith("config change on resume"):   # then data, model, restore, compile
+      os.killpg(proc.pid, signal.SIGINT)
+      break
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 130, rest
+  expected = ("re-running the same command resumes from step 4" if checkpoints else
+              "no checkpoint was written yet, so re-running the same command starts from step 0")
+  assert rest.strip().splitlines()[-1] == (
+      f"interrupted before the first step of this run; {expected}"), rest
+  assert "Traceback" not in rest and "ERROR" not in rest and "\nstep " not in rest, rest
+  assert workdir_lib.latest_step(work) == (4 if checkpoints else None)
+
+
 HEAVY = ("jax", "flax", "orbax", "grain", "tensorflow_datasets", "torch")
 
 
