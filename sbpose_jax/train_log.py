@@ -90,7 +90,11 @@ class RunLogger:
     self._jsonl = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
     try:
       SummaryWriter = _summary_writer_class()
-      self._tb = SummaryWriter(str(self.workdir / "tb"))
+      # A resumed run computes the steps after `start_step` again: the purge marker (a
+      # SessionLog.START at start_step + 1) makes TensorBoard drop those steps' points of the
+      # earlier event files, so each step shows once, the run's that produced the model.
+      self._tb = SummaryWriter(str(self.workdir / "tb"),
+                               purge_step=start_step + 1 if start_step else None)
     except ImportError:  # optional: JSONL still has everything
       self._tb = None
 

@@ -7,8 +7,12 @@
   heatmap_mse_mean         the scalar loss value of JointsMSELoss
   blur_heatmaps_jnp, decode_unbiased_jnp   the package's own (export.py puts on-device DARK
                            decoding into exported files), re-exported for the older tests
+  tensorboard_scalars      a TensorBoard run folder's scalars as TensorBoard shows them
 """
 from __future__ import annotations
+
+import pathlib
+import struct
 
 import cv2
 import numpy as np
@@ -121,3 +125,30 @@ decode_unbiased_jnp = heatmaps_lib.decode_unbiased_jnp
 __all__ = ["mm_decode_default", "mm_decode_default_nhwc", "mm_flip_back", "flip_back_nhwc",
            "mm_get_affine_transform", "mm_oks_nms", "heatmap_mse_mean", "blur_heatmaps_jnp",
            "decode_unbiased_jnp", "heatmaps_lib"]
+
+
+def tensorboard_scalars(tb_dir) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:
+  """({tag: [(step, value), ...]}, purge steps) of the event files in `tb_dir`, as TensorBoard
+  shows them: files in name order; in files of version `brain.Event:2` an event with
+  `session_log.status == START` at step s drops every point of step >= s read before it
+  (tensorboard's event_accumulator, `_CheckForRestartAndMaybePurge` -> `_Purge(by_tags=False)`).
+  Reads the TFRecord framing (u64 length, u32 crc, data, u32 crc; CRCs not checked) with the
+  protobufs tensorboardX ships (no TensorFlow or tensorboard needed).
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  scalars, purges = {}, []
+  for path in sorted(pathlib.Path(tb_dir).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == (
+          event_pb2.SessionLog.START):
+        purges.append(event.step)
+        scalars = {tag: [(s, v) for s, v in points if s < event.step]
+                   for tag, points in scalars.items()}
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars, purges

@@ -26,6 +26,8 @@ from sbpose_jax import train_state as ts
 from sbpose_jax import workdir as workdir_lib
 from sbpose_jax.data import synthetic
 
+from helpers import tensorboard_scalars
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -146,6 +148,15 @@ def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, ca
   lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   steps = [(l["step"], l["kind"]) for l in lines]
   assert len(steps) == len(set(steps)) and (6, "train") in steps
+  # TensorBoard: the resumed run's file starts with a purge marker at step 3, which hides the
+  # earlier file's point of step 4; each tag then has one point per step, the resumed run's.
+  scalars, purges = tensorboard_scalars(work / "tb")
+  assert purges == [3]
+  assert [s for s, _ in scalars["train/loss"]] == [2, 4, 6]
+  for points in scalars.values():
+    assert len({s for s, _ in points}) == len(points)
+  loss = {l["step"]: l["loss"] for l in lines if l["kind"] == "train"}
+  assert [v for _, v in scalars["train/loss"]] == pytest.approx([loss[2], loss[4], loss[6]])
 
 
 # ----------------------------------------------------------------- settings on resume
