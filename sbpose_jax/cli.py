@@ -54,17 +54,34 @@ def setup_logging(debug: bool = False) -> logging.Logger:
   if not debug:
     for name in ("absl", "orbax", "grain", "asyncio", "jax._src.xla_bridge"):
       logging.getLogger(name).setLevel(logging.CRITICAL)
-    # Background threads and native callbacks (orbax's async writes, tensorstore) print their
-    # own tracebacks through sys.excepthook when a save fails (e.g. a full disk: dozens of
-    # "Event loop is closed"); the failure itself reaches the main thread, which reports it in
-    # one line. The main thread's exceptions never get here: `run` catches them.
+    # Background threads (orbax's async writes) print their own tracebacks through
+    # threading.excepthook / sys.excepthook when a save fails, and tensorstore's native
+    # threads through sys.unraisablehook (a full disk: hundreds of "Event loop is closed",
+    # `_quiet_unraisable`); the failure itself reaches the main thread, which reports it in one
+    # line. The main thread's exceptions never get here: `run` catches them.
     sys.excepthook = _quiet_excepthook
     threading.excepthook = _quiet_excepthook
+    sys.unraisablehook = _quiet_unraisable
   return log
 
 
 def _quiet_excepthook(*args) -> None:
   del args
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """Drops tensorstore's `RuntimeError: Event loop is closed` reports, passes on the others.
+
+  When one write of an async checkpoint fails (a full disk), orbax's save ends and closes its
+  asyncio loop while tensorstore's other writes are still running; each of them then fails to
+  deliver its result to that loop from a native thread, which reports it through
+  sys.unraisablehook with no object (a full disk: hundreds of tracebacks). The failure itself
+  reaches the main thread, which reports it in one line.
+  """
+  if (unraisable.object is None and unraisable.exc_type is RuntimeError
+      and str(unraisable.exc_value) == "Event loop is closed"):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -108,7 +125,10 @@ def describe(error: BaseException) -> str:
     return f"cannot write or read {where}{error.strerror or error}{hint}"
   text = str(error).strip() or type(error).__name__
   # Grain and orbax append their own notes and re-raised tracebacks: the first line is ours.
-  return text.splitlines()[0]
+  line = text.splitlines()[0]
+  if "No space left on device" in line:  # tensorstore's errors carry the OS's text
+    line += " (free some space, or use another --workdir / --out-dir)"
+  return line
 
 
 def _find_user_error(error: BaseException) -> BaseException | None:

@@ -5,6 +5,7 @@ values and data, Ctrl-C. A thin ResNet-18 (width 8) on 6 synthetic images, in th
 import json
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -369,6 +370,42 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
       f"interrupted before the first step of this run; {expected}"), rest
   assert "Traceback" not in rest and "ERROR" not in rest and "\nstep " not in rest, rest
   assert workdir_lib.latest_step(work) == (4 if checkpoints else None)
+
+
+def _limit_file_size():
+  resource.setrlimit(resource.RLIMIT_FSIZE, (150 * 1024, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("how", ["file_size_limit", "full_tmpfs"])
+def test_failed_checkpoint_write_is_one_line(data_root, tmp_path, how):
+  """A checkpoint write that fails (the state's files exceed a file-size limit, or the workdir is
+  an 800 KB tmpfs): one line, none of tensorstore's "Event loop is closed" tracebacks."""
+  work = tmp_path / "disk"
+  work.mkdir()
+  command = _command(data_root, work / "run", 20)
+  env, preexec = _env(), None
+  if how == "file_size_limit":   # EFBIG: needs nothing, exercises the same failure path
+    env.pop("JAX_COMPILATION_CACHE_DIR")
+    env["SBPOSE_COMPILATION_CACHE"] = "0"   # cache entries would hit the limit too
+    preexec = _limit_file_size
+  else:                          # a real ENOSPC, in a private mount namespace
+    unshare = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else
+                                        ["--user", "--map-root-user"])
+    mount = ["sh", "-c", 'mount -t tmpfs -o size=800k tmpfs "$1" && shift && exec "$@"', "sh",
+             str(work)]
+    if shutil.which("unshare") is None or subprocess.run(
+        unshare + mount + ["true"], capture_output=True).returncode:
+      pytest.skip("cannot mount a tmpfs here (unshare --mount not permitted)")
+    command = unshare + mount + command
+  proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        preexec_fn=preexec)
+  assert proc.returncode == 2, proc.stderr
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "checkpoints/2.orbax-checkpoint-tmp" \
+      in err[0], proc.stderr
+  assert ("File too large" if how == "file_size_limit" else
+          "No space left on device [os_error_code='28'] (free some space") in err[0], err
+  assert "step 2/20" in proc.stdout
 
 
 HEAVY = ("jax", "flax", "orbax", "grain", "tensorflow_datasets", "torch")
