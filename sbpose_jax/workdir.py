@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from sbpose_jax import saved_model
@@ -209,6 +210,11 @@ class TrainCheckpoints:
     WORKDIR/broken_checkpoints/<step>/ (kept for a post-mortem), and the one before is tried.
     Returns (state, step), or (None, None) when the workdir has no checkpoint.
 
+    Multi-host: every process tries the same steps in the same order, and a step counts as
+    restored only when it restored on every process (they agree through an all-gather), so all
+    resume from the same step; process 0 alone moves the damaged steps, and the others re-list
+    the steps after a barrier that follows the moves.
+
     Raises:
       ValueError: when no checkpoint restores (then nothing is moved: a failure of every step
         is a mismatch of code or config, not damage); the message names the newest step's error.
@@ -216,17 +222,22 @@ class TrainCheckpoints:
     steps = sorted(self.manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
+      restored, error = None, None
       try:
         restored = self.restore(state, None, step)
       except Exception as e:  # pylint: disable=broad-except
         # orbax, tensorstore and json raise many types for one cause: unreadable files.
-        failures.append((step, e))
+        error = e
+      if not _on_every_process(error is None):
+        failures.append((step, error or RuntimeError("another process could not restore it")))
         continue
-      for bad, error in failures:
-        where = self._move_aside(bad)
-        log(f"checkpoint step {bad} cannot be restored ({_first_line(error)}); moved to "
-            f"{where}, resuming from step {step}")
       if failures:
+        if jax.process_index() == 0:
+          for bad, bad_error in failures:
+            where = self._move_aside(bad)
+            log(f"checkpoint step {bad} cannot be restored ({_first_line(bad_error)}); moved to "
+                f"{where}, resuming from step {step}")
+        _barrier("sbpose_jax:damaged_checkpoints_moved")
         self.manager.reload()
       return restored, step
     if failures:
@@ -237,13 +248,14 @@ class TrainCheckpoints:
     return None, None
 
   def _move_aside(self, step: int) -> pathlib.Path:
+    """Moves step to broken_checkpoints/ (process 0 only: one mover, no race)."""
     src = self.directory / str(step)
     dest_dir = self.directory.parent / BROKEN_DIR
     dest = dest_dir / str(step)
     n = 1
     while dest.exists():
       dest, n = dest_dir / f"{step}.{n}", n + 1
-    if jax.process_index() == 0 and src.exists():
+    if src.exists():
       dest_dir.mkdir(parents=True, exist_ok=True)
       os.replace(src, dest)
     return dest
@@ -254,6 +266,18 @@ class TrainCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _on_every_process(flag: bool) -> bool:
+  """Whether `flag` holds on every process (an all-gather; no collective on one process)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.array([int(flag)], np.int32))))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _first_line(error: BaseException) -> str:

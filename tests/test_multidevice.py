@@ -1,4 +1,5 @@
-"""The train step on 8 CPU devices equals 1 device; a 2-process jax.distributed run (gloo).
+"""The train step on 8 CPU devices equals 1 device; a 2-process jax.distributed run (gloo),
+which then resumes past a damaged newest checkpoint.
 
 Both run in subprocesses: the device count and jax.distributed must be set before JAX starts.
 """
@@ -130,10 +131,28 @@ TWO_PROCESSES = textwrap.dedent("""
       return predict(batch)
     metrics = loop.run_evaluation(counting, val, ecfg, evaluators.EVALUATORS[eval_type](val, ecfg),
                                   batch_size=1, progress=False)
+    # The newest checkpoint (step 3) damaged, the run extended to step 4: every process must
+    # fall back to step 2 (the same step), process 0 alone moving step 3 aside.
+    from jax.experimental import multihost_utils
+    if pid == 0:
+      os.remove(os.path.join(workdir, "checkpoints", "3", "state", "manifest.ocdbt"))
+    multihost_utils.sync_global_devices("test: step 3 damaged")
+    chosen = []
+    restore_newest = workdir_lib.TrainCheckpoints.restore_newest
+    def spy(self, *args, **kwargs):
+      out = restore_newest(self, *args, **kwargs)
+      chosen.append(out[1])
+      return out
+    workdir_lib.TrainCheckpoints.restore_newest = spy
+    _, state2 = training.train_and_evaluate(config_lib.load("demo", overrides + [
+        "--config.max_steps=4"]), workdir, progress=False, return_state=True)
+    digest2 = float(sum(np.sum(np.abs(p.astype(np.float64)))
+                        for p in jax.tree.leaves(jax.device_get(state2.params))))
     print(json.dumps(dict(pid=pid, seen=seen, digest=digest, step=int(state.step),
                           first=float(np.asarray(params[0]).ravel()[0]),
                           ap=results["val"]["AP"], boxes=len(val), predicted=sum(counted),
-                          loop_metrics=metrics)))
+                          loop_metrics=metrics, resumed=chosen, step2=int(state2.step),
+                          digest2=digest2)))
 """)
 
 
@@ -154,15 +173,20 @@ def test_two_processes_read_disjoint_shards_and_agree(tmp_path):
                "--config.model.deconv_filters=(8,8,8)", "--config.model.width=8",
                "--config.test.batch_size=4"]
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(i), port, str(root),
-                             str(tmp_path / "run")] + overrides, env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  # Output to files, not pipes: a process blocked on a full pipe that nobody reads yet (the
+  # damaged restore's tensorstore noise) would stall the other at the next collective.
+  logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+  procs = []
+  for i, (out, err) in enumerate(logs):
+    with open(out, "w") as o, open(err, "w") as e:
+      procs.append(subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(i), port,
+                                     str(root), str(tmp_path / "run")] + overrides, env=_env(),
+                                    cwd=REPO, stdout=o, stderr=e))
   outs = []
-  for p in procs:
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-    outs.append(json.loads(out.strip().splitlines()[-1]))
+  for p, (out, err) in zip(procs, logs):
+    p.wait(timeout=600)
+    assert p.returncode == 0, err.read_text()[-3000:]
+    outs.append(json.loads(out.read_text().strip().splitlines()[-1]))
   a, b = sorted(outs, key=lambda o: o["pid"])
   assert not set(a["seen"]) & set(b["seen"])          # disjoint shards of one permutation
   assert a["step"] == b["step"] == 3
@@ -177,3 +201,8 @@ def test_two_processes_read_disjoint_shards_and_agree(tmp_path):
   assert (tmp_path / "run" / "checkpoints" / "2" / "state").is_dir()
   assert (tmp_path / "run" / ".lock").exists()   # taken by process 0
   assert (tmp_path / "run" / "model_last" / "meta.json").exists()
+  # Damaged newest checkpoint: both processes restored step 2, trained on to 4 in step.
+  assert a["resumed"] == b["resumed"] == [2], (a, b)
+  assert a["step2"] == b["step2"] == 4 and a["digest2"] == b["digest2"]
+  assert (tmp_path / "run" / "broken_checkpoints" / "3" / "state").is_dir()
+  assert not (tmp_path / "run" / "broken_checkpoints" / "3.1").exists()
