@@ -5,7 +5,6 @@ values and data, Ctrl-C. A thin ResNet-18 (width 8) on 6 synthetic images, in th
 import json
 import os
 import pathlib
-import resource
 import shutil
 import signal
 import subprocess
@@ -372,8 +371,10 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
   assert workdir_lib.latest_step(work) == (4 if checkpoints else None)
 
 
-def _limit_file_size():
-  resource.setrlimit(resource.RLIMIT_FSIZE, (150 * 1024, resource.RLIM_INFINITY))
+# Runs the rest of its command line with files limited to 150 KB (a preexec_fn would fork a
+# process that has JAX's threads).
+LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
+                   "(150 * 1024, resource.RLIM_INFINITY)); os.execv(sys.argv[1], sys.argv[1:])")
 
 
 @pytest.mark.parametrize("how", ["file_size_limit", "full_tmpfs"])
@@ -383,11 +384,11 @@ def test_failed_checkpoint_write_is_one_line(data_root, tmp_path, how):
   work = tmp_path / "disk"
   work.mkdir()
   command = _command(data_root, work / "run", 20)
-  env, preexec = _env(), None
+  env = _env()
   if how == "file_size_limit":   # EFBIG: needs nothing, exercises the same failure path
     env.pop("JAX_COMPILATION_CACHE_DIR")
     env["SBPOSE_COMPILATION_CACHE"] = "0"   # cache entries would hit the limit too
-    preexec = _limit_file_size
+    command = [sys.executable, "-c", LIMIT_FILE_SIZE] + command
   else:                          # a real ENOSPC, in a private mount namespace
     unshare = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else
                                         ["--user", "--map-root-user"])
@@ -397,8 +398,7 @@ def test_failed_checkpoint_write_is_one_line(data_root, tmp_path, how):
         unshare + mount + ["true"], capture_output=True).returncode:
       pytest.skip("cannot mount a tmpfs here (unshare --mount not permitted)")
     command = unshare + mount + command
-  proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        preexec_fn=preexec)
+  proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2, proc.stderr
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "checkpoints/2.orbax-checkpoint-tmp" \
