@@ -277,21 +277,28 @@ def main(argv=None):
 
     # Interleaved repeats, so that a burst of load on the shared box hits every row alike.
     runs: dict[str, list] = {}
+    # The bare loop has no in-process variant of its own: `--workers 0` adds nothing there.
+    bare_procs = sorted({w for w in args.workers if w > 0}) if "full" in args.paths else []
     for _ in range(args.repeats):
-      for procs in args.workers if "full" in args.paths else []:
+      for procs in bare_procs:
         runs.setdefault(f"bare x{procs}", []).append(
             bare_parallel(records, config, num, args.batch_size, procs, not args.device_targets))
       for layout, source in sources.items():
-        for workers in [0] + list(args.workers):
+        for workers in sorted({0, *args.workers}):
           runs.setdefault(f"{layout} w={workers}", []).append(time_pipeline(
               source, config, layout, workers, args.batch_size, args.batches, args.warmup,
               not args.device_targets))
     for name, values in runs.items():
       report(name, values)
-    for workers in args.workers if "full" in args.paths else []:
+    for workers in bare_procs:
       (floor, floor_cpu), (got, got_cpu) = rows[f"bare x{workers}"], rows[f"mapbatch w={workers}"]
       print(f"| {kind} | overhead w={workers} vs bare x{workers} | {100 * (1 - got / floor):+.0f}% "
             f"| | {100 * (got_cpu / floor_cpu - 1):+.0f}% CPU | |")
+    for path in ("packed", "device"):
+      for workers in sorted({0, *args.workers}):
+        a, c = rows.get(f"mapbatch w={workers}"), rows.get(f"{path} w={workers}")
+        if a and c:
+          print(f"| {kind} | CPU {path} / full w={workers} | | | {c[1] / a[1]:.2f} | |")
 
 
 if __name__ == "__main__":
