@@ -76,6 +76,26 @@ def test_pack_contents_and_frames(syn_pack):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("chroma", ["yuv420", "yuv444"])
+def test_decode_equals_cv2_on_real_crops(fixtures_dir, tmp_path, chroma):
+  """simplejpeg's decode (the loader's) gives cv2.imdecode's pixels (+ BGR→RGB), so the
+  packed path's pixel differences against the full-image path are the pack's alone."""
+  cfg, records = _coco_fixture(fixtures_dir, f"--config.data.pack_chroma={chroma}")
+  pack_lib.write_pack(records, cfg, "train", tmp_path, workers=1, progress_bar=False)
+  pack = packed.open_pack(tmp_path, cfg)
+  for row in range(len(pack)):
+    jpeg, _ = packed.read_jpeg(pack.source, row)
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr.shape == (pack.pack_wh[1], pack.pack_wh[0], 3) and bgr.std() > 10
+    np.testing.assert_array_equal(packed.decode_crop(jpeg, "bgr"), bgr)
+    np.testing.assert_array_equal(packed.decode_crop(jpeg, "rgb"),
+                                  cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+  with pytest.raises(ValueError, match="example 7: undecodable JPEG"):
+    packed.decode_crop(jpeg[: len(jpeg) // 2], "rgb", "example 7")
+  with pytest.raises(ValueError, match="undecodable"):
+    packed.decode_crop(b"not a jpeg")
+
+
 def test_same_draws_as_full_image_path(syn_pack):
   """Same seed: joints and target weights equal; pixels differ by resampling + JPEG only."""
   cfg, records, pack = syn_pack
