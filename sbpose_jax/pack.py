@@ -68,7 +68,7 @@ def _pack_shard(i: int) -> tuple[int, int]:
   records, split, out, progress = s["records"], s["split"], s["out"], s["progress"]
   lo, hi = i * s["chunk"], min(len(records), (i + 1) * s["chunk"])
   info = keypoints.get(records.dataset)
-  feats = packed.features(records.num_joints)
+  feats = packed.features(records.num_joints, s["chroma"])
   path = out / shard_name(split, i, s["num_shards"])
   tmp = path.with_name(path.name + ".tmp")
   writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
@@ -201,7 +201,8 @@ def _finish(records: Records, config, split: str, out: pathlib.Path, plan: dict)
       splits.append(tfds.core.SplitInfo(name=other, shard_lengths=m["shard_lengths"],
                                         num_bytes=size))
   tfds.folder_dataset.write_metadata(
-      data_dir=str(out), features=packed.features(records.num_joints), split_infos=splits,
+      data_dir=str(out), features=packed.features(records.num_joints, plan["key"]["chroma"]),
+      split_infos=splits,
       filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", check_data=False,
       description=f"sbpose_jax packed person crops of config {config.name} "
                   "(python -m sbpose_jax.pack)")

@@ -43,6 +43,7 @@ from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
 from sbpose_jax.data import synthetic
+from sbpose_jax.data import ycc420
 from sbpose_jax.evaluators import loop
 from sbpose_jax.sizes import Sizes
 
@@ -102,6 +103,8 @@ def train_step(state: ts.TrainState, batch: Mapping[str, jax.Array], *, model,
   """
   image = batch["image"]
   if "warp_matrix" in batch:  # packed crops + output->crop matrices (data/device_warp.py)
+    if image.ndim == 3:       # 4:2:0 YCbCr planes (data.pack_chroma="planes", data/ycc420.py)
+      image = ycc420.planes_to_colour_jnp(image, settings.data_order)
     image = device_warp.warp_affine(image, batch["warp_matrix"], settings.input_wh)
   x = inference.normalize(image, settings.data_order, settings.model_order)
   target, weight = heatmaps_lib.encode_jnp(batch["joints"], settings.heatmap_wh, settings.sigma)

@@ -15,6 +15,7 @@ With --paths full packed device it also times the packed person crops (docs/pack
   * packed: `python -m sbpose_jax.pack` crops of the same records, warped on the host;
   * device: the same crops shipped with their warp matrices (`data.warp_on_device`): the host
     only decodes; the warp runs in the jitted step (not timed here: host CPU only).
+    `--config.data.pack_chroma=planes` packs (and ships) 4:2:0 planes instead (data/ycc420.py).
 With --layouts it also times two other places to batch (the design choice in
 data/pipeline.py): `iterbatch` (grain's recipe: `to_iter_dataset().batch().mp_prefetch()`,
 batches depend on the worker count) and `after` (`mp_prefetch()` then `.batch()`: every
@@ -261,7 +262,9 @@ def main(argv=None):
       if path in args.paths:
         base = load_records(kind, config, args.virtual_size, pathlib.Path(args.synthetic_root),
                             base=True)
-        pack_dir = pathlib.Path(args.pack_root) / f"{kind}_{args.config}_{len(base)}"
+        d = config.data
+        pack_dir = pathlib.Path(args.pack_root) / (
+            f"{kind}_{args.config}_{len(base)}_{d.pack_scale}_{d.pack_quality}_{d.pack_chroma}")
         ann = (FIXTURES / "test_coco.json" if kind == "fixture" else
                pathlib.Path(args.synthetic_root) / "annotations/person_keypoints_train.json")
         sources[path] = packed_view(base, config, args.virtual_size, pack_dir, ann)

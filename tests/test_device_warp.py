@@ -10,6 +10,7 @@ from sbpose_jax import pack as pack_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
 from sbpose_jax.data import readers
+from sbpose_jax.data import ycc420
 
 OUT_WH = (48, 64)
 warp = jax.jit(device_warp.warp_affine, static_argnums=2)
@@ -38,27 +39,33 @@ def test_matches_cv2_on_real_crops(fixtures_dir):
   assert d.max() <= 16 and (d > 0).mean() < 1e-3
 
 
-def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("chroma", ["yuv420", "planes"])
+def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path, chroma):
+  """Planes: the host converts with numpy, the device with jnp (bit-equal, test_ycc420.py)."""
   cfg = config_lib.load("coco_res50", [
       f"--config.data.root={fixtures_dir / 'coco'}", "--config.data.train_ann=test_coco.json",
       "--config.data.train_images=", "--config.data.num_workers=0",
-      f"--config.data.input_size={OUT_WH!r}", "--config.data.heatmap_size=(12, 16)"])
+      f"--config.data.input_size={OUT_WH!r}", "--config.data.heatmap_size=(12, 16)",
+      f"--config.data.pack_chroma={chroma}"])
   records = readers.read_split(cfg.data, "train")
   pack_lib.write_pack(records, cfg, "train", tmp_path, workers=1, progress_bar=False)
   pack = packed.open_pack(tmp_path, cfg)
   kw = dict(batch_size=4, seed=1, num_epochs=2, host_targets=False)
   host = list(packed.train_dataset(pack, cfg, on_device=False, **kw))
   dev = list(packed.train_dataset(pack, cfg, on_device=True, **kw))
+  wp, hp = pack.pack_wh
   for a, b in zip(host, dev):
-    assert b["image"].shape[1:] == (pack.pack_wh[1], pack.pack_wh[0], 3)
+    assert b["image"].shape[1:] == ((hp * 3 // 2, wp) if chroma == "planes" else (hp, wp, 3))
     assert b["image"].dtype == np.uint8 and b["warp_matrix"].shape == (4, 2, 3)
     np.testing.assert_array_equal(a["joints"], b["joints"])
     np.testing.assert_array_equal(a["target_weight"], b["target_weight"])
-    d = np.abs(np.asarray(warp(b["image"], b["warp_matrix"], OUT_WH)) - a["image"])
+    crops = ycc420.planes_to_colour_jnp(b["image"]) if chroma == "planes" else b["image"]
+    d = np.abs(np.asarray(warp(crops, b["warp_matrix"], OUT_WH)) - a["image"])
     assert d.max() <= 16 and (d > 0).mean() < 1e-3
 
 
-def test_train_step_warps_on_device(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("chroma", ["yuv420", "planes"])
+def test_train_step_warps_on_device(fixtures_dir, tmp_path, chroma):
   """One train step from packed crops + matrices equals the step on host-warped crops."""
   from sbpose_jax import models, training  # pylint: disable=import-outside-toplevel
   from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
@@ -70,7 +77,7 @@ def test_train_step_warps_on_device(fixtures_dir, tmp_path):
       "--config.model.depth=18", "--config.model.width=8",
       "--config.model.deconv_filters=(8,8,8)", "--config.model.dtype=float32",
       "--config.data.source=packed", f"--config.data.packed_dir={tmp_path}",
-      "--config.data.warp_on_device=True"])
+      "--config.data.warp_on_device=True", f"--config.data.pack_chroma={chroma}"])
   with pytest.raises(FileNotFoundError, match="sbpose_jax.pack"):
     training._prepare_data(cfg)
   pack_lib.write_pack(readers.read_split(cfg.data, "train"), cfg, "train", tmp_path,

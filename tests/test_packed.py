@@ -128,6 +128,34 @@ def test_fixture_parity_with_and_without_half_body(fixtures_dir, tmp_path, half_
   assert d.mean() < 2.5 and np.percentile(d, 99) < 30
 
 
+def test_planes_pack_same_draws_and_pixels(fixtures_dir, tmp_path):
+  """A planes pack (4:2:0 planes in one grayscale JPEG) gives the full-image path's draws and
+  pixels at least as close as the colour 4:2:0 pack (its chroma is quantised with the finer
+  luma table); its planes make the crop libjpeg-turbo would decode from a colour JPEG."""
+  diffs = {}
+  for chroma in ("yuv420", "planes"):
+    cfg, records = _coco_fixture(fixtures_dir, f"--config.data.pack_chroma={chroma}")
+    pack_lib.write_pack(records, cfg, "train", tmp_path / chroma, workers=1,
+                        progress_bar=False)
+    pack = packed.open_pack(tmp_path / chroma, cfg)
+    assert pack.planes == (chroma == "planes")
+    kw = dict(batch_size=4, seed=0, num_epochs=2, host_targets=False)
+    full = list(pipeline.train_dataset(records, cfg, **kw))
+    pk = list(packed.train_dataset(pack, cfg, on_device=False, **kw))
+    for a, b in zip(full, pk):
+      np.testing.assert_array_equal(a["joints"], b["joints"])
+      np.testing.assert_array_equal(a["target_weight"], b["target_weight"])
+    diffs[chroma] = _pixels(full, pk).mean()
+    jpeg, _ = packed.read_jpeg(pack.source, 0)
+    if chroma == "planes":
+      wp, hp = pack.pack_wh
+      planes = packed.decode_crop(jpeg, "planes")
+      assert planes.shape == (hp * 3 // 2, wp) and planes.dtype == np.uint8
+      with pytest.raises(ValueError, match="undecodable"):
+        packed.decode_crop(jpeg[:100], "planes")
+  assert diffs["planes"] <= diffs["yuv420"] + 0.05, diffs
+
+
 def test_resume_workers_and_shards(syn_pack):
   cfg, _, pack = syn_pack
   make = lambda **kw: packed.train_dataset(pack, cfg, batch_size=2, seed=2, **kw)

@@ -62,7 +62,8 @@ def get_config():
       packed_dir="",             # "" = <root>/packed/<config name>
       pack_scale=0.5,            # pack resolution / output resolution at zoom 1 (pack_geometry)
       pack_quality=95,           # JPEG quality of the packed crops
-      pack_chroma="yuv420",      # JPEG chroma of the crops: "yuv420" or "yuv444" (sharper)
+      pack_chroma="yuv420",      # crops as JPEG "yuv420", "yuv444" (sharper) or "planes" (4:2:0
+                                 # planes, half the bytes to ship, RGB made on the device)
       warp_on_device=False,      # packed: warp + flip + normalise inside the jitted step
   ))
 

@@ -29,6 +29,7 @@ import simplejpeg
 
 from sbpose_jax import geometry
 from sbpose_jax.data import pack_geometry
+from sbpose_jax.data import ycc420
 from sbpose_jax.data.records import Records
 
 NAME = "sbpose_pack"
@@ -36,13 +37,21 @@ FORMAT_VERSION = 1
 Element = dict[str, Any]
 
 
-def features(num_joints: int):
-  """The TFDS FeaturesDict of one example (crop-frame values unless named `image_*`)."""
+CHROMAS = ("yuv420", "yuv444", "planes")
+
+
+def features(num_joints: int, chroma: str = "yuv420"):
+  """The TFDS FeaturesDict of one example (crop-frame values unless named `image_*`).
+
+  With `chroma="planes"` the image is one grayscale JPEG of the crop's 4:2:0 YCbCr planes
+  (data/ycc420.py), (3H/2, W, 1); otherwise a colour JPEG of the crop.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   f = tfds.features
   k = num_joints
   return f.FeaturesDict({
-      "image": f.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "image": f.Image(shape=(None, None, 1 if chroma == "planes" else 3),
+                       encoding_format="jpeg"),
       "joints": f.Tensor(shape=(k, 2), dtype=np.float32),        # crop pixels
       "joints_vis": f.Tensor(shape=(k,), dtype=np.float32),
       "center": f.Tensor(shape=(2,), dtype=np.float32),          # crop pixels
@@ -73,12 +82,17 @@ def example(records: Records, row: int, image: np.ndarray, pack_wh, ranges: dict
                                           upper_body_ids, num_joints_half_body)
   window, out_wh, t = pack_geometry.crop_transform(region, (w, h), pack_wh)
   crop = pack_geometry.cut(image, window, out_wh, pack_wh)
-  # 4:2:0 chroma decodes ~25% faster; 4:4:4 keeps sharp colour edges (docs/packing.md).
-  if chroma not in ("yuv420", "yuv444"):
-    raise ValueError(f"data.pack_chroma must be 'yuv420' or 'yuv444', got {chroma!r}")
-  sampling = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{chroma[3:]}")
-  ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality),
-                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+  # 4:2:0 chroma decodes ~25% faster; 4:4:4 keeps sharp colour edges; "planes" ships half the
+  # bytes and converts to RGB on the device (docs/packing.md).
+  if chroma not in CHROMAS:
+    raise ValueError(f"data.pack_chroma must be one of {CHROMAS}, got {chroma!r}")
+  if chroma == "planes":
+    ok, jpeg = cv2.imencode(".jpg", ycc420.bgr_to_planes(crop),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+  else:
+    sampling = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{chroma[3:]}")
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+                                           cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
   if not ok:
     raise ValueError(f"cannot JPEG-encode the crop of record {row}")
   k = np.array([t[0, 0], t[1, 1]])
@@ -186,6 +200,11 @@ class Pack:
   def pack_wh(self) -> tuple[int, int]:
     return tuple(self.meta["key"]["pack_wh"])
 
+  @property
+  def planes(self) -> bool:
+    """The crops are stored (and shipped) as 4:2:0 YCbCr planes (data/ycc420.py)."""
+    return self.meta["key"].get("chroma") == "planes"
+
 
 def open_pack(pack_dir, config, split: str = "train") -> Pack:
   """Checks the pack against the config and opens it (records memory-mapped)."""
@@ -213,19 +232,22 @@ def read_jpeg(source, row: int) -> tuple[bytes, int]:
 
 
 def decode_crop(jpeg: bytes, colour_order: str = "rgb", name: str = "crop") -> np.ndarray:
-  """A packed crop's JPEG → (Hp, Wp, 3) uint8 in `colour_order`.
+  """A packed crop's JPEG → (Hp, Wp, 3) uint8 in `colour_order`, or with colour_order
+  "planes" a planes JPEG → (3Hp/2, Wp) uint8 4:2:0 YCbCr planes (data/ycc420.py).
 
   simplejpeg (libjpeg-turbo, decoding straight into RGB or BGR) gives the pixels of
   `cv2.imdecode` (+ BGR→RGB) in ~60% of its time (tests/test_packed.py checks the equality);
   strict, so a truncated or corrupt JPEG raises instead of decoding partly. Raises ValueError
-  naming `name` when the bytes are not a decodable JPEG.
+  naming `name` when the bytes are not a decodable JPEG (or not of the expected kind).
   """
-  if colour_order not in ("rgb", "bgr"):
+  if colour_order not in ("rgb", "bgr", "planes"):
     raise ValueError(f"colour_order must be 'rgb' or 'bgr', got {colour_order!r}")
+  space = "GRAY" if colour_order == "planes" else colour_order.upper()
   try:
-    return simplejpeg.decode_jpeg(jpeg, colorspace=colour_order.upper())
+    out = simplejpeg.decode_jpeg(jpeg, colorspace=space)
   except ValueError as e:
     raise ValueError(f"{name}: undecodable JPEG ({e})") from None
+  return out.reshape(out.shape[:2]) if colour_order == "planes" else out
 
 
 @dataclasses.dataclass
@@ -234,11 +256,13 @@ class PackedLoader(grain.transforms.Map):
   draws equal the full-image path's), the decoded crop and its image → crop matrix.
 
   `image` is a zero-stride stand-in of the full image's shape: the augmentations read only its
-  width (the flip). Writes pack_image (Hp, Wp, 3) uint8 in `colour_order`, image_to_crop (2, 3).
+  width (the flip). Writes pack_image (Hp, Wp, 3) uint8 in `colour_order` (with `planes`, the
+  (3Hp/2, Wp) 4:2:0 planes as stored), image_to_crop (2, 3).
   """
   records: Records
   source: Any
   colour_order: str = "rgb"
+  planes: bool = False
 
   def map(self, index) -> Element:
     row = int(index)
@@ -248,7 +272,8 @@ class PackedLoader(grain.transforms.Map):
     if record_index != want:
       raise ValueError(f"pack example {row} is record {record_index}, expected {want}: "
                        "the pack's records do not match its examples")
-    crop = decode_crop(jpeg, self.colour_order, f"pack example {row} (record {want})")
+    crop = decode_crop(jpeg, "planes" if self.planes else self.colour_order,
+                       f"pack example {row} (record {want})")
     w, h = (int(v) for v in r.extra["pack_image_wh"][row])
     return {"image": np.broadcast_to(np.zeros((), np.uint8), (h, w, 3)),
             "pack_image": crop, "image_to_crop": r.extra["pack_image_to_crop"][row],
@@ -283,15 +308,17 @@ class PackedAffine(grain.transforms.Map):
   the packed crop through `M · T⁻¹` (the mirror folded in when the sample is flipped):
   warped here with cv2 (`on_device=False`), or left to the device (`on_device=True`: `image`
   is the crop itself and `warp_matrix` (2, 3) float32 maps output pixels to crop pixels,
-  for `device_warp.warp_affine`).
+  for `device_warp.warp_affine`). A crop of 4:2:0 planes (`colour_order` given: the loader's
+  `planes`) is converted to colour here for the host warp, and shipped as planes to the device.
 
   Reads image (shape), pack_image, image_to_crop, center, scale, rotation, flipped, joints,
   joints_vis; writes image, joints, flip_pending=False (and warp_matrix, flipped on device).
   """
 
-  def __init__(self, input_wh, on_device: bool = False):
+  def __init__(self, input_wh, on_device: bool = False, planes_colour_order: str | None = None):
     self.input_wh = (int(input_wh[0]), int(input_wh[1]))
     self.on_device = bool(on_device)
+    self.planes_colour_order = planes_colour_order
 
   def map(self, element: Element) -> Element:
     matrix, pixel_matrix = crop_matrix(element, self.input_wh)
@@ -303,6 +330,8 @@ class PackedAffine(grain.transforms.Map):
       out["warp_matrix"] = invert_affine(pixel_matrix).astype(np.float32)
       out["flipped"] = np.bool_(element.get("flipped", False))
     else:
+      if self.planes_colour_order:
+        crop = ycc420.planes_to_colour(crop, self.planes_colour_order)
       out["image"] = cv2.warpAffine(crop, pixel_matrix, self.input_wh,
                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0)
@@ -317,7 +346,9 @@ def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs
   """`pipeline.train_dataset` over a pack: same shuffle, sharding, draws and batches.
 
   With `on_device` (default `config.data.warp_on_device`) the batches carry the crops
-  (B, Hp, Wp, 3) uint8 and `warp_matrix` (B, 2, 3) float32 instead of the warped images.
+  (B, Hp, Wp, 3) uint8 (a planes pack: (B, 3Hp/2, Wp) uint8 4:2:0 YCbCr planes, converted in
+  the step by `ycc420.planes_to_colour_jnp`) and `warp_matrix` (B, 2, 3) float32 instead of
+  the warped images.
   """
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   d = config.data
@@ -325,5 +356,6 @@ def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs
   extra = tuple(kwargs.pop("extra_fields", ())) + (("warp_matrix",) if on_device else ())
   return pipeline.train_dataset(
       pack.records, config, extra_fields=extra,
-      loader=lambda records: PackedLoader(records, pack.source, d.colour_order),
-      affine=PackedAffine(d.input_size, on_device), **kwargs)
+      loader=lambda records: PackedLoader(records, pack.source, d.colour_order, pack.planes),
+      affine=PackedAffine(d.input_size, on_device, d.colour_order if pack.planes else None),
+      **kwargs)
