@@ -17,7 +17,9 @@ image pixels to crop pixels.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any
@@ -231,6 +233,12 @@ def read_jpeg(source, row: int) -> tuple[bytes, int]:
   return feature["image"].bytes_list.value[0], int(feature["record_index"].int64_list.value[0])
 
 
+@functools.lru_cache(maxsize=256)
+def _stand_in(h: int, w: int) -> np.ndarray:
+  """A read-only zero-stride (h, w, 3) uint8 array: the full image's shape at no cost."""
+  return np.broadcast_to(np.zeros((), np.uint8), (h, w, 3))
+
+
 def decode_crop(jpeg: bytes, colour_order: str = "rgb", name: str = "crop") -> np.ndarray:
   """A packed crop's JPEG → (Hp, Wp, 3) uint8 in `colour_order`, or with colour_order
   "planes" a planes JPEG → (3Hp/2, Wp) uint8 4:2:0 YCbCr planes (data/ycc420.py).
@@ -275,7 +283,7 @@ class PackedLoader(grain.transforms.Map):
     crop = decode_crop(jpeg, "planes" if self.planes else self.colour_order,
                        f"pack example {row} (record {want})")
     w, h = (int(v) for v in r.extra["pack_image_wh"][row])
-    return {"image": np.broadcast_to(np.zeros((), np.uint8), (h, w, 3)),
+    return {"image": _stand_in(h, w),
             "pack_image": crop, "image_to_crop": r.extra["pack_image_to_crop"][row],
             "center": r.center_xy[row], "scale": r.scale_wh[row], "joints": r.joints_xy[row],
             "joints_vis": r.joints_vis[row], "index": np.int32(row)}
@@ -353,6 +361,11 @@ def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs
   from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   d = config.data
   on_device = bool(d.warp_on_device) if on_device is None else on_device
+  if not d.flip_in_affine:
+    # PackedAffine folds every flip into its matrix; a RandomFlip that mirrors would copy the
+    # full-size stand-in image for nothing. The draws are the same either way.
+    config = copy.deepcopy(config)
+    config.data.flip_in_affine = True
   extra = tuple(kwargs.pop("extra_fields", ())) + (("warp_matrix",) if on_device else ())
   return pipeline.train_dataset(
       pack.records, config, extra_fields=extra,
