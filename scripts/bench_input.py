@@ -201,7 +201,7 @@ def time_pipeline(records, config, layout: str, workers: int, batch_size: int,
   t0, c0 = time.perf_counter(), _cpu_seconds()
   for _ in range(batches):
     b = next(it)
-    float(b["image"][0, 0, 0, 0])  # touch, as a host-to-device copy would
+    float(b["image"].flat[0])  # touch, as a host-to-device copy would
   rate = batches * batch_size / (time.perf_counter() - t0)
   cpu_ms = 1e3 * (_cpu_seconds() - c0) / (batches * batch_size)
   del b

@@ -110,6 +110,21 @@ def test_same_draws_as_full_image_path(syn_pack):
   assert _pixels(full, pk).mean() < 3.0
 
 
+def test_device_batches_equal_host_batches_but_for_the_pixels(syn_pack):
+  """The device path's batch-level tail (PackedDeviceFinish) gives the per-sample tail's
+  joints, target weights and heatmaps bit for bit."""
+  cfg, _, pack = syn_pack
+  kw = dict(batch_size=3, seed=5, num_epochs=2, host_targets=True,
+            extra_fields=("index", "center", "scale"))
+  host = list(packed.train_dataset(pack, cfg, on_device=False, **kw))
+  dev = list(packed.train_dataset(pack, cfg, on_device=True, **kw))
+  assert len(host) == len(dev) > 0
+  for a, b in zip(host, dev):
+    assert set(b) == set(a) | {"warp_matrix"}
+    for k in set(a) - {"image"}:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 @pytest.mark.parametrize("half_body", [0.0, 1.0])
 def test_fixture_parity_with_and_without_half_body(fixtures_dir, tmp_path, half_body):
   """Real COCO crops at a pack scale that keeps native resolution: JPEG is the difference."""
@@ -156,9 +171,11 @@ def test_planes_pack_same_draws_and_pixels(fixtures_dir, tmp_path):
   assert diffs["planes"] <= diffs["yuv420"] + 0.05, diffs
 
 
-def test_resume_workers_and_shards(syn_pack):
+@pytest.mark.parametrize("on_device", [False, True])
+def test_resume_workers_and_shards(syn_pack, on_device):
   cfg, _, pack = syn_pack
-  make = lambda **kw: packed.train_dataset(pack, cfg, batch_size=2, seed=2, **kw)
+  make = lambda **kw: packed.train_dataset(pack, cfg, batch_size=2, seed=2, on_device=on_device,
+                                           **kw)
   it = iter(make(num_workers=0))
   ref = [next(it) for _ in range(4)]
   it = iter(make(num_workers=2))

@@ -30,7 +30,9 @@ import numpy as np
 import simplejpeg
 
 from sbpose_jax import geometry
+from sbpose_jax import heatmaps
 from sbpose_jax.data import pack_geometry
+from sbpose_jax.data import transforms
 from sbpose_jax.data import ycc420
 from sbpose_jax.data.records import Records
 
@@ -350,6 +352,51 @@ class PackedAffine(grain.transforms.Map):
     return out
 
 
+class PackedDeviceFinish:
+  """The packed device path's batch-level tail (pipeline `finish`): for the B augmented
+  elements of a batch, what `PackedAffine(on_device=True)`, `transforms.GenerateTarget` and
+  the field selection give per sample, with the joint mapping and the target weights done once
+  over the batch (the same float operations elementwise, so the same bits: the per-sample
+  path is kept for the host warp and tests/test_device_warp.py compares the two).
+  """
+
+  def __init__(self, config, host_targets: bool, fields):
+    d = config.data
+    self.input_wh = (int(d.input_size[0]), int(d.input_size[1]))
+    self.target = transforms.GenerateTarget(d.input_size, d.heatmap_size, d.sigma,
+                                            with_heatmaps=host_targets)
+    self.fields = tuple(fields)
+
+  def __call__(self, elements: list[Element]) -> list[Element]:
+    mats, warps = [], []
+    for e in elements:
+      matrix, pixel_matrix = crop_matrix(e, self.input_wh)
+      mats.append(matrix)
+      warps.append(invert_affine(pixel_matrix).astype(np.float32))
+    m = np.stack(mats)[:, :, :, None]                                         # (B, 2, 3, 1)
+    joints = np.stack([np.asarray(e["joints"], np.float32) for e in elements])  # (B, K, 2)
+    vis = np.stack([np.asarray(e["joints_vis"]).reshape(-1) for e in elements])
+    x, y = joints[..., 0].astype(np.float64), joints[..., 1].astype(np.float64)
+    mapped = np.stack([m[:, 0, 0] * x + m[:, 0, 1] * y + m[:, 0, 2],           # affine_points
+                       m[:, 1, 0] * x + m[:, 1, 1] * y + m[:, 1, 2]], axis=-1).astype(np.float32)
+    joints = np.where((vis > 0)[..., None], mapped, joints)
+    t = self.target
+    weight = heatmaps.target_weight(joints.reshape(-1, 2), vis.reshape(-1), t.heatmap_wh,
+                                    t.sigma, t.stride).reshape(vis.shape)
+    hm_joints = np.concatenate([joints / t.stride.astype(np.float32), weight[..., None]],
+                               axis=-1).astype(np.float32)
+    out = []
+    for i, e in enumerate(elements):
+      done = dict(e, image=e["pack_image"], warp_matrix=warps[i], flip_pending=False,
+                  flipped=np.bool_(e.get("flipped", False)), target_weight=weight[i],
+                  joints=hm_joints[i])
+      if t.with_heatmaps:
+        done["target"] = heatmaps.encode(joints[i], e["joints_vis"], t.heatmap_wh, t.sigma,
+                                         t.stride)[0]
+      out.append({k: done[k] for k in self.fields if k in done})
+    return out
+
+
 def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs):
   """`pipeline.train_dataset` over a pack: same shuffle, sharding, draws and batches.
 
@@ -367,6 +414,9 @@ def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs
     config = copy.deepcopy(config)
     config.data.flip_in_affine = True
   extra = tuple(kwargs.pop("extra_fields", ())) + (("warp_matrix",) if on_device else ())
+  if on_device:   # the matrices, joints and target weights batched (PackedDeviceFinish)
+    kwargs["finish"] = PackedDeviceFinish(config, kwargs.get("host_targets", True),
+                                          pipeline.train_fields(config, extra))
   return pipeline.train_dataset(
       pack.records, config, extra_fields=extra,
       loader=lambda records: PackedLoader(records, pack.source, d.colour_order, pack.planes),

@@ -27,7 +27,8 @@ orbax) resume on the exact next batch, given the same records, config, seed, pro
 
 Seams:
 * a packed source (data/packed.py: pre-cropped JPEGs in a TFDS/ArrayRecord dataset) replaces
-  `ImageLoader` and `TopDownAffine` — `train_dataset(..., loader=..., affine=...)`;
+  `ImageLoader` and `TopDownAffine` — `train_dataset(..., loader=..., affine=...)` — or the
+  whole per-sample tail (crop, targets, field selection) by one batch-level `finish`;
 * targets on the device: `host_targets=False` drops `target` from the batches; `joints`
   (B, K, 3) heatmap-space x, y, weight are always there for `heatmaps.encode_jnp`.
 
@@ -223,12 +224,18 @@ def augmentations(config, info: keypoints.KeypointInfo) -> list:
   return steps + [transforms.RandomScaleRotation(d.scale_factor, d.rot_factor, d.rot_prob)]
 
 
+def train_fields(config, extra_fields: Sequence[str] = ()) -> tuple[str, ...]:
+  """The element keys a training batch keeps."""
+  skipped = ("skipped",) if config.data.skip_bad_images else ()
+  return TRAIN_FIELDS + skipped + tuple(extra_fields)
+
+
 def crop_and_target(config, host_targets: bool = True, extra_fields: Sequence[str] = (),
                     affine: grain.transforms.Map | None = None) -> list:
   """The deterministic transforms after the augmentations: crop (`affine`, default
   TopDownAffine; data/packed.py passes its own), targets, field selection."""
   d = config.data
-  fields = TRAIN_FIELDS + (("skipped",) if d.skip_bad_images else ()) + tuple(extra_fields)
+  fields = train_fields(config, extra_fields)
   return [affine or transforms.TopDownAffine(d.input_size),
           transforms.GenerateTarget(d.input_size, d.heatmap_size, d.sigma,
                                     with_heatmaps=host_targets),
@@ -240,8 +247,10 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
                   batch_size: int = 1, host_targets: bool = True,
                   extra_fields: Sequence[str] = (),
                   loader: Callable[[Records], grain.transforms.Map] | None = None,
-                  affine: grain.transforms.Map | None = None) -> grain.MapDataset:
-  """The per-sample MapDataset of `train_dataset` (before batching); see there for arguments."""
+                  affine: grain.transforms.Map | None = None,
+                  per_sample_tail: bool = True) -> grain.MapDataset:
+  """The per-sample MapDataset of `train_dataset` (before batching); see there for arguments.
+  Without `per_sample_tail` the samples stop after the augmentations (a `finish` does the rest)."""
   d = config.data
   info = keypoints.get(records.dataset)
   records = shifted_records(records, config, seed)
@@ -257,7 +266,7 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
               ImageLoader(records, d.colour_order, d.skip_bad_images))
   for t in augmentations(config, info):
     ds = ds.random_map(t)
-  for t in crop_and_target(config, host_targets, extra_fields, affine):
+  for t in crop_and_target(config, host_targets, extra_fields, affine) if per_sample_tail else ():
     ds = ds.map(t)
   return ds
 
@@ -269,6 +278,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
                   extra_fields: Sequence[str] = (),
                   loader: Callable[[Records], grain.transforms.Map] | None = None,
                   affine: grain.transforms.Map | None = None,
+                  finish: Callable[[list[Element]], list[Element]] | None = None,
                   start_batch: int = 0) -> grain.IterDataset:
   """The training input of one process: an IterDataset of batches (numpy dicts).
 
@@ -287,6 +297,9 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
     loader: factory records → grain Map from a record row to an element (the packed-source
       seam); default `ImageLoader`.
     affine: the crop transform in place of `TopDownAffine` (the packed source's).
+    finish: in place of the per-sample crop, targets and field selection: a function from
+      the B augmented elements of a batch to its B finished samples (the packed device path
+      computes them batched; it must give what the per-sample steps give).
     start_batch: begin at this batch of the stream (a resumed run: batch k is the same for any
       num_workers, so the position needs no saved iterator state).
 
@@ -299,8 +312,9 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
   ds = train_samples(records, config, seed=seed, process_index=process_index,
                      process_count=process_count, num_epochs=num_epochs,
                      batch_size=batch_size, host_targets=host_targets,
-                     extra_fields=extra_fields, loader=loader, affine=affine)
-  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
+                     extra_fields=extra_fields, loader=loader, affine=affine,
+                     per_sample_tail=finish is None)
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=finish or list)
   if start_batch:
     ds = ds[int(start_batch):]
   it = ds.to_iter_dataset(_read_options(num_threads)).batch(1, batch_fn=StackSamples())
