@@ -6,7 +6,9 @@ full-image path (docs/packing.md).
 
 For each `data.pack_scale` it packs the data (a temporary directory), then draws the same
 training samples (same seed) through the full-image path and the packed path with the warp on
-the host, and reports: pack size, mean JPEG KB, decode ms per crop (cv2, one thread, CPU time),
+the host, and reports: pack size, mean JPEG KB, decode ms per crop (the loader's decode,
+`packed.decode_crop`: simplejpeg to RGB, or to 4:2:0 planes with `data.pack_chroma=planes`;
+one thread, CPU time; `--cv2-decode` times cv2.imdecode + BGR→RGB instead, as before),
 joints and target-weight max |difference| (px), and the pixel |difference| (mean, 99th
 percentile, max, grey levels) with the config's half-body probability, with none (0) and
 with half-body on every eligible sample (1).
@@ -63,17 +65,21 @@ def compare(records, pack, config, epochs: int) -> dict:
               max=int(d.max()))
 
 
-def decode_ms(pack) -> tuple[float, float]:
-  """(mean JPEG KB, CPU ms per cv2 decode + BGR→RGB) over the pack's crops."""
-  blobs = [pack.source[i]["image"] for i in range(len(pack.source))]
+def decode_ms(pack, use_cv2: bool = False) -> tuple[float, float]:
+  """(mean JPEG KB, CPU ms per decode as the loader decodes) over the pack's crops."""
+  blobs = [packed.read_jpeg(pack.source, i)[0] for i in range(len(pack.source))]
+  if use_cv2:
+    decode = lambda b: cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
+                                    cv2.COLOR_BGR2RGB)
+  else:
+    decode = lambda b: packed.decode_crop(b, "planes" if pack.planes else "rgb")
   for b in blobs:
-    cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+    decode(b)
   reps = max(1, 200 // len(blobs))
   t0 = time.process_time()
   for _ in range(reps):
     for b in blobs:
-      cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
-                   cv2.COLOR_BGR2RGB)
+      decode(b)
   ms = 1e3 * (time.process_time() - t0) / (reps * len(blobs))
   return float(np.mean([len(b) for b in blobs])) / 1024, ms
 
@@ -84,6 +90,7 @@ def main(argv=None):
   p.add_argument("--data", default="fixture", choices=("fixture", "synthetic"))
   p.add_argument("--scales", type=float, nargs="+", default=[0.6, 0.8, 1.0])
   p.add_argument("--epochs", type=int, default=10, help="draws per instance")
+  p.add_argument("--cv2-decode", action="store_true", help="time cv2's decode instead")
   args, overrides = p.parse_known_args(argv)
   cv2.setNumThreads(1)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_pack_"))
@@ -98,7 +105,7 @@ def main(argv=None):
     out = tmp / f"pack_{scale}"
     pack_lib.write_pack(records, config, "train", out, workers=1, progress_bar=False)
     pack = packed.open_pack(out, config)
-    kb, ms = decode_ms(pack)
+    kb, ms = decode_ms(pack, args.cv2_decode)
     cells = []
     for hb in (None, 0.0, 1.0):
       cfg = config if hb is None else config_lib.load(
