@@ -25,7 +25,7 @@ for pair in grain:grain array_record:array_record tensorflow_datasets:tensorflow
     etils:etils immutabledict:immutabledict promise:promise tensorflow_metadata:tensorflow_metadata \
     toml:toml tree:dm_tree wrapt:wrapt cloudpickle:cloudpickle portpicker:portpicker \
     ml_collections:ml_collections psutil:psutil tqdm:tqdm cv2:opencv_python_headless \
-    absl:absl_py google.protobuf:protobuf; do
+    absl:absl_py google.protobuf:protobuf simplejpeg:simplejpeg; do
   mod=${pair%%:*}; whl=${pair#*:}
   python -c "import $mod" 2>/dev/null || missing+=("$whl")
 done

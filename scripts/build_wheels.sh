@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PY:-3.12}
 mkdir -p .whl
-binary=(grain array_record dm-tree wrapt protobuf psutil)
+binary=(grain array_record dm-tree wrapt protobuf psutil simplejpeg)
 [ "${WITH_CV2:-0}" = 1 ] && binary+=(opencv-python-headless)
 pip download -q -d .whl --no-deps --only-binary=:all: --implementation cp --python-version "$py" \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
