@@ -50,7 +50,7 @@ def shard_name(split: str, i: int, n: int) -> str:
   return f"{packed.NAME}-{split}.array_record-{i:05d}-of-{n:05d}"
 
 
-# Worker state, set once per process by `_init` (forked workers inherit the records).
+# Worker state, set once per process by `_init` (the records arrive pickled with it).
 _STATE: dict = {}
 
 
@@ -154,7 +154,10 @@ def write_pack(records: Records, config, split: str, out, *, workers: int | None
     for i in todo:
       bar.update(_pack_shard(i)[1])
   else:
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Spawned, not forked: a fork of a process whose OpenCV (or JAX) thread pool is running
+    # copies locks held by threads that do not exist in the child, which then hangs in its
+    # first cv2 call (seen: `cv2.setNumThreads` in a pack run from a test process).
+    ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init, initargs=(state,)) as pool:
       for _, count in pool.imap_unordered(_pack_shard, todo):
         bar.update(count)
