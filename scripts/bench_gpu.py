@@ -12,8 +12,10 @@ is near so that the run ends in time:
                 torch.compile + AMP (part `torch`, its own process so both frameworks do not
                 share the GPU memory);
   end_to_end    the step fed by the grain pipeline, path full (decode + warp on the host),
-                packed (packed crops, host warp) and device (packed crops, warp in the step), at
-                8 and 16 workers: img/s and host CPU ms per image (parent + workers);
+                device_planes (packed 4:2:0 planes, colour + warp in the step: the recommended
+                accelerator path), device (packed colour crops, warp in the step) and packed
+                (packed crops, host warp), at 8 and 16 workers: img/s and host CPU ms per image
+                (parent + workers);
   eval          boxes/s of the jitted predict function with the flip test (batch 64).
 Data: procedural people (data/synthetic.py) on 640x480 images, COCO-like sizes, packed with
 `sbpose_jax.pack`; nothing is faked. `--smoke` shrinks everything (ResNet-18 of width 8, 96x96,
@@ -193,9 +195,13 @@ def make_data(args, tmp: pathlib.Path):
   records = readers.read_split(cfg.data, "train")
   t1 = time.perf_counter()
   meta = pack_lib.write_pack(records, cfg, "train", tmp / "pack", progress_bar=False)
+  t2 = time.perf_counter()
+  pack_lib.write_pack(records, _config(args, "--config.data.pack_chroma=planes"), "train",
+                      tmp / "pack_planes", progress_bar=False)
   emit(figure="data", images=args.num_images, instances=len(records),
-       generate_s=round(t1 - t0, 1), pack_s=round(time.perf_counter() - t1, 1),
-       pack_wh=meta["key"]["pack_wh"], cpus=os.cpu_count())
+       generate_s=round(t1 - t0, 1), pack_s=round(t2 - t1, 1),
+       pack_planes_s=round(time.perf_counter() - t2, 1), pack_wh=meta["key"]["pack_wh"],
+       cpus=os.cpu_count())
   return records, tmp / "pack"
 
 
@@ -207,25 +213,30 @@ def end_to_end(args, budget: Budget, records, pack_dir) -> None:
   pipeline.prepare_multiprocessing()
   b = args.batches[0]
   virtual = records.select(np.arange(args.virtual_size) % len(records))
-  for path in ("full", "packed", "device"):
+  # Most telling first: what the deadline cuts is the host-warp path.
+  for path in ("full", "device_planes", "device", "packed"):
     for workers in args.workers:
       if not budget.allows("end_to_end", 45 if not args.smoke else 5, path=path,
                            workers=workers):
         continue
-      cfg = _config(args, f"--config.data.num_workers={workers}")
+      planes = path == "device_planes"
+      cfg = _config(args, f"--config.data.num_workers={workers}",
+                    *(["--config.data.pack_chroma=planes"] if planes else []))
       model, state = _state(cfg)
       settings = _settings(cfg, b)
       if path == "full":
         ds = pipeline.train_dataset(virtual, cfg, batch_size=b, seed=0, host_targets=False)
       else:
-        pack = packed.open_pack(pack_dir, cfg)
+        pack = packed.open_pack(pack_dir.with_name("pack_planes") if planes else pack_dir,
+                                cfg)
         view = packed.Pack(pack.directory, "train", pack.records.select(
             np.arange(args.virtual_size) % len(pack)), bench_input._ModSource(  # noqa
                 pack.source.data_source, args.virtual_size), pack.meta)
-        ds = packed.train_dataset(view, cfg, on_device=path == "device", batch_size=b, seed=0,
+        on_device = path.startswith("device")
+        ds = packed.train_dataset(view, cfg, on_device=on_device, batch_size=b, seed=0,
                                   host_targets=False)
       it = iter(ds)
-      keys = ("image", "joints") + (("warp_matrix",) if path == "device" else ())
+      keys = ("image", "joints") + (("warp_matrix",) if path.startswith("device") else ())
 
       def step(state, it=it, keys=keys, model=model, settings=settings):
         local = next(it)

@@ -17,6 +17,6 @@ def test_bench_gpu_smoke():
   assert "skipped" not in " ".join(map(str, lines))
   assert figures.count("train_step") == 2 and figures.count("torch_step") == 3
   paths = {(l["path"], l["workers"]) for l in lines if l["figure"] == "end_to_end"}
-  assert paths == {(p, w) for p in ("full", "packed", "device") for w in (0, 1)}
+  assert paths == {(p, w) for p in ("full", "device_planes", "device", "packed") for w in (0, 1)}
   assert all(l["img_per_s"] > 0 for l in lines if "img_per_s" in l)
   assert figures[-2:] == ["eval", "done"]
