@@ -21,8 +21,13 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _run(args, cwd, timeout=900):
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+  # As a new user's shell: none of the test session's cache settings (its size limit wants
+  # filelock, which a fresh venv lacks); a compilation cache of its own, empty at first.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "VIRTUAL_ENV")
+         and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
   env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(pathlib.Path(cwd) / ".jax_cache")
   proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=timeout)
   assert proc.returncode == 0, f"{' '.join(map(str, args))}\n{proc.stdout[-3000:]}\n" \
@@ -53,9 +58,10 @@ def test_fresh_venv_runs_demo_predict_and_convert(fresh_python, tmp_path):
 
   # 1. The README's first command, shortened: data generation, training, the final evaluation
   #    (which draws the sample picture into TensorBoard: Pillow) and model_last.
-  _run([fresh_python, "-m", "sbpose_jax.train", "--config", "demo", "--workdir", "wd",
-        "--config.synthetic.num_train=16", "--config.synthetic.num_val=6",
-        "--config.max_steps=3", "--no-progress"], cwd=work)
+  demo = _run([fresh_python, "-m", "sbpose_jax.train", "--config", "demo", "--workdir", "wd",
+               "--config.synthetic.num_train=16", "--config.synthetic.num_val=6",
+               "--config.max_steps=3", "--no-progress"], cwd=work)
+  assert "Traceback" not in demo.stderr and "Warning" not in demo.stderr, demo.stderr[-3000:]
   assert (work / "wd" / "model_last" / "meta.json").is_file()
   assert list((work / "wd" / "samples").glob("*.png"))
   assert list((work / "wd" / "tb").iterdir())
