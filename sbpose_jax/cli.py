@@ -112,6 +112,9 @@ def _user_error_types() -> tuple[type, ...]:
   return tuple(types)
 
 
+_NO_SPACE_HINT = " (free some space, or use another --workdir / --out-dir)"
+
+
 def describe(error: BaseException) -> str:
   """The one line for `error`: its message; an OSError names its file and reason."""
   if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and (
@@ -119,7 +122,7 @@ def describe(error: BaseException) -> str:
     where = f"{error.filename}: " if error.filename else ""
     hint = ""
     if error.errno in (28, 122):       # ENOSPC, EDQUOT
-      hint = " (free some space, or use another --workdir / --out-dir)"
+      hint = _NO_SPACE_HINT
     elif error.errno in (13, 30):      # EACCES, EROFS
       hint = " (make it writable, or use another --workdir / --out-dir)"
     return f"cannot write or read {where}{error.strerror or error}{hint}"
@@ -127,7 +130,7 @@ def describe(error: BaseException) -> str:
   # Grain and orbax append their own notes and re-raised tracebacks: the first line is ours.
   line = text.splitlines()[0]
   if "No space left on device" in line:  # tensorstore's errors carry the OS's text
-    line += " (free some space, or use another --workdir / --out-dir)"
+    line += _NO_SPACE_HINT
   return line
 
 

@@ -222,12 +222,18 @@ def affine_matrix(center, scale, rot_deg, output_wh: Sequence[int]) -> np.ndarra
 
 
 def affine_points(points, matrix) -> np.ndarray:
-  """Applies a (2, 3) affine matrix to (..., 2) points; float64 result (MM `affine_transform`)."""
+  """Applies a (2, 3) affine matrix to (..., 2) points; float64 result (MM `affine_transform`).
+
+  A stack of matrices (B, 2, 3) maps (B, ..., 2) points, row b by matrix b (a batch of
+  samples at once, with the same float operations as one sample at a time).
+  """
   p = np.asarray(points, np.float64)
   m = np.asarray(matrix, np.float64)
+  if m.ndim == 3:
+    m = m.reshape(m.shape[:1] + (1,) * (p.ndim - 2) + (2, 3))
   x, y = p[..., 0], p[..., 1]
-  return np.stack([m[0, 0] * x + m[0, 1] * y + m[0, 2],
-                   m[1, 0] * x + m[1, 1] * y + m[1, 2]], axis=-1)
+  return np.stack([m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2],
+                   m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2]], axis=-1)
 
 
 def flip_joints(joints_xy, joints_vis, flip_pairs, image_width: int):

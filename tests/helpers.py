@@ -124,7 +124,7 @@ decode_unbiased_jnp = heatmaps_lib.decode_unbiased_jnp
 
 __all__ = ["mm_decode_default", "mm_decode_default_nhwc", "mm_flip_back", "flip_back_nhwc",
            "mm_get_affine_transform", "mm_oks_nms", "heatmap_mse_mean", "blur_heatmaps_jnp",
-           "decode_unbiased_jnp", "heatmaps_lib"]
+           "decode_unbiased_jnp", "heatmaps_lib", "tensorboard_scalars"]
 
 
 def tensorboard_scalars(tb_dir) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:

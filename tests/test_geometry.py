@@ -231,3 +231,13 @@ def test_frozen_center_shift():
   single = geometry.frozen_center_shift(np.float32([5, 5]), [10, 10], np.random.default_rng(0),
                                         prob=1.0)
   assert single.shape == (2,) and np.any(single != 5)
+
+
+def test_affine_points_maps_a_batch_row_by_row_bit_for_bit():
+  rng = np.random.default_rng(0)
+  mats = rng.normal(size=(4, 2, 3)) * 50
+  points = rng.uniform(-100, 400, (4, 17, 2)).astype(np.float32)
+  got = geometry.affine_points(points, mats)
+  want = np.stack([geometry.affine_points(p, m) for p, m in zip(points, mats)])
+  np.testing.assert_array_equal(got, want)
+  assert geometry.affine_points(points[0, 0], mats[0]).shape == (2,)   # one point, one matrix

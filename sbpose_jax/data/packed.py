@@ -251,7 +251,7 @@ def decode_crop(jpeg: bytes, colour_order: str = "rgb", name: str = "crop") -> n
   naming `name` when the bytes are not a decodable JPEG (or not of the expected kind).
   """
   if colour_order not in ("rgb", "bgr", "planes"):
-    raise ValueError(f"colour_order must be 'rgb' or 'bgr', got {colour_order!r}")
+    raise ValueError(f"colour_order must be 'rgb', 'bgr' or 'planes', got {colour_order!r}")
   space = "GRAY" if colour_order == "planes" else colour_order.upper()
   try:
     out = simplejpeg.decode_jpeg(jpeg, colorspace=space)
@@ -373,12 +373,9 @@ class PackedDeviceFinish:
       matrix, pixel_matrix = crop_matrix(e, self.input_wh)
       mats.append(matrix)
       warps.append(invert_affine(pixel_matrix).astype(np.float32))
-    m = np.stack(mats)[:, :, :, None]                                         # (B, 2, 3, 1)
     joints = np.stack([np.asarray(e["joints"], np.float32) for e in elements])  # (B, K, 2)
     vis = np.stack([np.asarray(e["joints_vis"]).reshape(-1) for e in elements])
-    x, y = joints[..., 0].astype(np.float64), joints[..., 1].astype(np.float64)
-    mapped = np.stack([m[:, 0, 0] * x + m[:, 0, 1] * y + m[:, 0, 2],           # affine_points
-                       m[:, 1, 0] * x + m[:, 1, 1] * y + m[:, 1, 2]], axis=-1).astype(np.float32)
+    mapped = geometry.affine_points(joints, np.stack(mats)).astype(np.float32)
     joints = np.where((vis > 0)[..., None], mapped, joints)
     t = self.target
     weight = heatmaps.target_weight(joints.reshape(-1, 2), vis.reshape(-1), t.heatmap_wh,
