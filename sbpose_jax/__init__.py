@@ -11,7 +11,7 @@ _LAZY = {"PoseEstimator": "sbpose_jax.api", "PoseResult": "sbpose_jax.api"}
 
 def __getattr__(name):
   if name in _LAZY:
-    import importlib  # pylint: disable=import-outside-toplevel
+    import importlib  # why: used by this function only
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'sbpose_jax' has no attribute {name!r}")
 

@@ -61,7 +61,8 @@ class PoseResult:
 def read_image(image) -> np.ndarray:
   """An RGB uint8 (H, W, 3) array from an array or an image file path (FileNotFoundError)."""
   if isinstance(image, (str, pathlib.Path)):
-    from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.data import pipeline
     if not pathlib.Path(image).is_file():
       raise FileNotFoundError(f"image file not found: {image}")
     try:
@@ -92,7 +93,7 @@ def _boxes(boxes, image: np.ndarray) -> np.ndarray:
 
 def _input_size_of(path: pathlib.Path, meta) -> tuple[int, int] | None:
   """The crop size a model was trained at: its training config, else its name ("256x192")."""
-  import json  # pylint: disable=import-outside-toplevel
+  import json  # why: used by this function only
   for folder in (path, path.parent):
     cfg = folder / "config.json"
     if cfg.is_file():
@@ -184,7 +185,9 @@ class PoseEstimator:
     path = pathlib.Path(path)
     if path.is_file():
       return cls._load_exported(path, batch_sizes=batch_sizes, **kwargs)
-    from sbpose_jax import saved_model, workdir  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.weights import saved_model
+    from sbpose_jax.training import workdir
     variables, meta = workdir.load_model(path)
     if meta.backbone_only or meta.num_joints == 0:
       raise ValueError(f"{path} is a backbone without a pose head; it cannot predict poses")
@@ -211,9 +214,10 @@ class PoseEstimator:
     `heatmap_wh` (the size heatmap coordinates are scaled from) defaults to the network's
     output size at `input_size`; configs state it as data.heatmap_size.
     """
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+    import jax  # why: loads JAX and the model stack on use, so that --help answers at once
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    import jax.numpy as jnp
+    from sbpose_jax.inference import pose as inference
     dataset = _dataset_of(meta, dataset)
     if decode not in ("default", "unbiased"):
       raise ValueError(f"decode must be 'default' or 'unbiased', got {decode!r}")
@@ -236,7 +240,9 @@ class PoseEstimator:
                   ) -> "PoseEstimator":
     """What `evaluate`, `predict` and `track` use: the config's test settings, crop size and
     colours; batches of exactly config.test.batch_size unless `batch_sizes` says otherwise."""
-    from sbpose_jax import saved_model, workdir  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.weights import saved_model
+    from sbpose_jax.training import workdir
     variables, meta = workdir.load_model(path)
     saved_model.check_fits(meta, cfg.data.dataset, path)
     model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
@@ -252,7 +258,8 @@ class PoseEstimator:
   def _load_exported(cls, path: pathlib.Path, *, batch_sizes=DEFAULT_BATCH_SIZES,
                      data_order: str = "rgb", padding: float | None = None,
                      vis_thr: float = 0.2) -> "PoseEstimator":
-    from sbpose_jax import exporting  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax import exporting
     run, desc = exporting.load_exported(path)
     wh = np.asarray(desc["input_size"], np.float32)
     image_coords = desc["coords"] == "image"
@@ -280,7 +287,8 @@ class PoseEstimator:
     The numerics of evaluation records (float64 box and aspect ratio, the 2020 readers'
     /200) and of the evaluation pipeline's `TopDownAffine`.
     """
-    from sbpose_jax.data import transforms  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.data import transforms
     boxes = _boxes(boxes, image)
     w, h = self.input_wh
     center, scale = geometry.box_to_center_scale(boxes, w / h, self.padding,
@@ -352,7 +360,8 @@ class PoseEstimator:
     return results
 
   def _result(self, kpts, box_scores, boxes, center, scale) -> PoseResult:
-    from sbpose_jax.evaluators import postprocess  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.inference import postprocess
     inst = postprocess.rescore(kpts[..., 2], box_scores, self.vis_thr).astype(np.float32)
     return PoseResult(keypoints=kpts[..., :2].copy(), scores=kpts[..., 2].copy(),
                       instance_scores=inst, boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
@@ -360,7 +369,8 @@ class PoseEstimator:
 
   def draw(self, image, result: PoseResult, kpt_thr: float = 0.05) -> np.ndarray:
     """A copy of `image` (RGB array or path) with `result`'s skeletons and boxes drawn (RGB)."""
-    from sbpose_jax import visualize  # pylint: disable=import-outside-toplevel
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax import visualize
     return visualize.draw_poses(read_image(image), result.keypoints_xys(), self.dataset,
                                 boxes=result.boxes, scores=result.instance_scores,
                                 kpt_thr=kpt_thr)

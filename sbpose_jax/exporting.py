@@ -45,9 +45,10 @@ def keypoints_function(model, variables, settings, input_wh: Sequence[int], coor
   Returns:
     fn(...) -> (keypoints (B, K, 2) float32, scores (B, K) float32).
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import heatmaps as heatmaps_lib  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  import jax.numpy as jnp
+  from sbpose_jax import heatmaps as heatmaps_lib
+  from sbpose_jax.inference import pose as inference
   if coords not in COORDS:
     raise ValueError(f"coords must be one of {COORDS}, got {coords!r}")
 
@@ -75,7 +76,7 @@ def keypoints_function(model, variables, settings, input_wh: Sequence[int], coor
 
 
 def _arg_specs(input_wh, coords: str, batch):
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
   w, h = input_wh
   specs = [jax.ShapeDtypeStruct((batch, h, w, 3), np.uint8)]
   if coords == "image":
@@ -85,7 +86,8 @@ def _arg_specs(input_wh, coords: str, batch):
 
 def _need_flatbuffers() -> None:
   try:
-    import flatbuffers  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+    # why: jax.export needs it to serialise; checked here with its hint
+    import flatbuffers  # noqa: F401
   except ImportError:
     raise ValueError("StableHLO (de)serialization needs the flatbuffers package: "
                      "pip install flatbuffers") from None
@@ -94,7 +96,7 @@ def _need_flatbuffers() -> None:
 def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS) -> bytes:
   """Serialized `jax.export.Exported` of `fn` with a symbolic batch "B", lowered for each of
   `platforms` (the file then runs on any of them; lowering needs no such device here)."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
   _need_flatbuffers()
   batch, = jax.export.symbolic_shape("B")
   exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
@@ -105,7 +107,7 @@ def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS
 def to_onnx(fn, input_wh, coords: str, opset: int = 17) -> bytes:
   """ONNX model bytes of `fn` through jax2onnx, batch dimension "B"."""
   try:
-    from jax2onnx import to_onnx as j2o  # pylint: disable=import-outside-toplevel
+    from jax2onnx import to_onnx as j2o  # why: optional: the export extra
   except ImportError:
     raise ValueError("ONNX export needs jax2onnx: pip install 'sbpose_jax[export]'") from None
   specs = _arg_specs(input_wh, coords, "B")
@@ -122,11 +124,11 @@ def to_onnx(fn, input_wh, coords: str, opset: int = 17) -> bytes:
 
 def stablehlo_runner(data: bytes, where: str = "StableHLO file") -> Callable:
   """fn(*arrays) -> tuple of numpy arrays for serialized `jax.export` bytes."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
   _need_flatbuffers()
   try:
     exported = jax.export.deserialize(bytearray(data))
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise ValueError(f"{where}: not a serialized jax.export module ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
   call = jax.jit(exported.call)
@@ -140,7 +142,7 @@ def stablehlo_runner(data: bytes, where: str = "StableHLO file") -> Callable:
 def onnx_runner(data: bytes, where: str = "ONNX file", threads: int = 0) -> Callable:
   """fn(*arrays) -> tuple of numpy arrays, run by onnxruntime on the CPU."""
   try:
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    import onnxruntime as ort  # why: optional: the export extra
   except ImportError:
     raise ValueError("running ONNX files needs onnxruntime: pip install onnxruntime") from None
   opts = ort.SessionOptions()
@@ -148,7 +150,7 @@ def onnx_runner(data: bytes, where: str = "ONNX file", threads: int = 0) -> Call
   opts.log_severity_level = 3
   try:
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise ValueError(f"{where}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
   names = [i.name for i in session.get_inputs()]
 
@@ -168,7 +170,8 @@ def runner(fmt: str, data: bytes, where: str) -> Callable:
 
 def check_crops(input_wh: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
   """(count, H, W, 3) uint8 RGB crops of rendered people (data/synthetic), deterministic."""
-  from sbpose_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  from sbpose_jax.data import synthetic
   rng = np.random.default_rng(seed)
   w, h = input_wh
   return np.stack([synthetic.render_image(rng, w, h)[0][..., ::-1] for _ in range(count)])
@@ -215,9 +218,10 @@ def sha256(data: bytes) -> str:
 def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data: bytes,
              check: dict, opset: int | None, platforms: Sequence[str] = PLATFORMS) -> dict:
   """The json written beside the exported file: all a user of the file needs."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import sbpose_jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import geometry, keypoints  # pylint: disable=import-outside-toplevel
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
+  import sbpose_jax  # why: loads JAX and the model stack on use, so that --help answers at once
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  from sbpose_jax import geometry, keypoints
   info = keypoints.get(dataset)
   w, h = (int(v) for v in input_wh)
   inputs = [{"name": "crops", "shape": ["B", h, w, 3], "dtype": "uint8",

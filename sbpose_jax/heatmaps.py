@@ -273,7 +273,7 @@ def blur_heatmaps_jnp(heatmaps: jax.Array, kernel: int = 11) -> jax.Array:
 
   Equal to the cv2 version up to float32 summation order (~1e-7 relative).
   """
-  import cv2  # pylint: disable=import-outside-toplevel
+  import cv2  # why: OpenCV only for this function; grain workers import the module
   if kernel % 2 != 1:
     raise ValueError(f"blur kernel must be odd, got {kernel}")
   taps = jnp.asarray(cv2.getGaussianKernel(kernel, 0, ktype=cv2.CV_32F)[:, 0])

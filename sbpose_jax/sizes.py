@@ -35,3 +35,34 @@ class Sizes:
   def aspect_ratio(self) -> float:
     """Input W / H as a Python float (float64: what the reference's box -> scale divides by)."""
     return self.input_wh[0] / self.input_wh[1]
+
+
+# The backbone's output stride (ResNet: 32; SAME padding rounds up).
+BACKBONE_STRIDE = 32
+
+
+def network_output_wh(input_wh, num_deconv_layers: int) -> tuple[int, int]:
+  """Heatmap (W, H) of a PoseResNet: the backbone's stride 32 (SAME padding: ceil), then x2 per
+  deconvolution."""
+  return tuple(-(-int(v) // BACKBONE_STRIDE) * 2 ** int(num_deconv_layers) for v in input_wh)
+
+
+def check_sizes(cfg) -> None:
+  """Training's size rules, checked before anything is compiled.
+
+  Raises:
+    ValueError: naming the field and a value that works.
+  """
+  d = cfg.data
+  input_wh = tuple(int(v) for v in d.input_size)
+  if any(v % BACKBONE_STRIDE for v in input_wh):
+    raise ValueError(f"data.input_size {input_wh}: both sides must be multiples of 32 (the "
+                     "backbone's stride), e.g. (192, 256) or (288, 384)")
+  expected = network_output_wh(input_wh, cfg.model.num_deconv_layers)
+  if tuple(int(v) for v in d.heatmap_size) != expected:
+    raise ValueError(f"data.heatmap_size {tuple(d.heatmap_size)} does not match the network's "
+                     f"output {expected} for data.input_size {input_wh}; set "
+                     f"--config.data.heatmap_size=\"{expected}\" (or leave it out)")
+  if not float(d.sigma) > 0 or not (3 * float(d.sigma)).is_integer():
+    raise ValueError(f"data.sigma must be positive with 3 * sigma an integer (the Gaussian is "
+                     f"6 sigma + 1 pixels wide), got {d.sigma}")

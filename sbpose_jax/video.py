@@ -62,7 +62,7 @@ class Source:
 
 
 def _decode_video(path: str) -> Iterator[Frame]:
-  import av  # pylint: disable=import-outside-toplevel
+  import av  # why: pyAV loads only when a video is read or written
   try:
     container = av.open(path)
   except (av.FFmpegError, OSError) as e:
@@ -117,7 +117,7 @@ def open_source(path: str) -> Source:
       raise ValueError(f"{path} lists no images")
     root = _posetrack_root(p, files[0])
     return Source(str(p), "posetrack", p.stem, 30.0, len(files), files, root, images)
-  import av  # pylint: disable=import-outside-toplevel
+  import av  # why: pyAV loads only when a video is read or written
   try:
     with av.open(str(p)) as c:
       if not c.streams.video:
@@ -151,7 +151,7 @@ def prefetch(items: Iterator, depth: int = 8) -> Iterator:
         if stop.is_set():
           return
       q.put(done)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       q.put(e)
 
   th = threading.Thread(target=work, daemon=True, name="decode")
@@ -176,11 +176,11 @@ class VideoWriter:
   """
 
   def __init__(self, path: str, fps: float, codec: str | None = None):
-    import av  # pylint: disable=import-outside-toplevel
+    import av  # why: pyAV loads only when a video is read or written
     self.path = path
     self.container = av.open(path, mode="w")
     codec = codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
-    from fractions import Fraction  # pylint: disable=import-outside-toplevel
+    from fractions import Fraction  # why: pyAV loads only when a video is read or written
     self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
     self.stream.pix_fmt = "yuv420p"
     self.size = None

@@ -69,7 +69,7 @@ def make_data(root: pathlib.Path, num_images: int, seed: int = 0) -> pathlib.Pat
 
 def random_model(path: pathlib.Path, depth: int) -> pathlib.Path:
   """A saved PoseResNet with random weights (no init compile: shapes via eval_shape)."""
-  from sbpose_jax import saved_model
+  from sbpose_jax.weights import saved_model
   if saved_model.is_saved_model(path):
     return path
   meta = saved_model.ModelMeta(depth=depth, num_joints=17, dataset="coco", source="random")
@@ -80,7 +80,8 @@ def random_model(path: pathlib.Path, depth: int) -> pathlib.Path:
 def bench_forward(cfg, model_dir, batch_size: int, iters: int) -> float:
   """boxes/s of the jitted predict function on a device-resident batch (async, one sync)."""
   import jax
-  from sbpose_jax import inference, saved_model
+  from sbpose_jax.inference import pose as inference
+  from sbpose_jax.weights import saved_model
   variables, meta = saved_model.load_model(model_dir)
   model = saved_model.build_model(meta, cfg.model.dtype, cfg.model.deconv_impl)
   predict = inference.make_predict_fn(model, variables, cfg, meta)
@@ -120,8 +121,8 @@ def main(argv=None):
   p.add_argument("--skip", default="", help="comma list of forward,pipeline,e2e to skip")
   args = p.parse_args(argv)
   import jax
-  from sbpose_jax import config as config_lib
-  from sbpose_jax import evaluate
+  from sbpose_jax.commands import config as config_lib
+  from sbpose_jax.commands import evaluate
 
   root = make_data(pathlib.Path(args.data_dir) / f"n{args.num_images}", args.num_images)
   model_dir = random_model(pathlib.Path(args.data_dir) / f"res{args.depth}", args.depth)

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbpose_jax import exporting, inference, keypoints, models
+from sbpose_jax import exporting, keypoints, models
+
+from sbpose_jax.inference import pose as inference
 
 
 def random_variables(model, input_wh):

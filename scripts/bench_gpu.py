@@ -60,7 +60,7 @@ class Budget:
 
 def _torch_model(depth_blocks, width: int, num_joints: int = 17):
   """PoseResNet-50 in PyTorch (torchvision's Bottleneck layout, MSRA deconv head)."""
-  import torch.nn as nn  # pylint: disable=import-outside-toplevel
+  import torch.nn as nn  # why: only this test or script needs it
 
   class Bottleneck(nn.Module):
     def __init__(self, cin, mid, stride):
@@ -94,7 +94,7 @@ def _torch_model(depth_blocks, width: int, num_joints: int = 17):
 
 
 def torch_part(args, budget: Budget) -> None:
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch  # why: only this test or script needs it
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   emit(figure="header", part="torch", torch=torch.__version__, device=(
       torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or "cpu"))
@@ -147,12 +147,12 @@ def torch_part(args, budget: Budget) -> None:
 # ---------------------------------------------------------------------------------------- JAX
 
 def _config(args, *extra):
-  from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import config as config_lib  # why: only this test or script needs it
   return config_lib.load("coco_res50", list(args.overrides) + list(extra))
 
 
 def _settings(config, global_batch: int):
-  from sbpose_jax import training  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.training import loop as training  # why: only this test or script needs it
   group = int(config.bn_group_size)
   d = config.data
   return training.StepSettings(0 if group >= global_batch else group, d.colour_order,
@@ -161,9 +161,10 @@ def _settings(config, global_batch: int):
 
 
 def _state(config):
-  import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import models, training  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
+  import jax  # why: only this test or script needs it
+  from sbpose_jax import models  # why: only this test or script needs it
+  from sbpose_jax.training import loop as training
+  from sbpose_jax.training import state as ts  # why: only this test or script needs it
   model = models.build(config.model, 17)
   tx, _ = training.make_optimizer(config, 1000)
   hw = tuple(int(v) for v in config.data.input_size)[::-1]
@@ -171,7 +172,7 @@ def _state(config):
 
 
 def train_steps(args, budget: Budget) -> None:
-  import bench_train  # pylint: disable=import-outside-toplevel
+  import bench_train  # why: only this test or script needs it
   for impl in ("transpose", "subpixel"):
     for per_device in args.batches:
       if budget.allows("train_step", 60 if not args.smoke else 5, deconv=impl,
@@ -183,8 +184,8 @@ def train_steps(args, budget: Budget) -> None:
 
 def make_data(args, tmp: pathlib.Path):
   """Synthetic people on 640x480 images, read as records and packed with sbpose_jax.pack."""
-  from sbpose_jax import pack as pack_lib  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import readers, synthetic  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import pack as pack_lib  # why: only this test or script needs it
+  from sbpose_jax.data import readers, synthetic  # why: only this test or script needs it
   t0 = time.perf_counter()
   root = synthetic.generate(tmp / "syn", {"train": args.num_images, "val": 2}, seed=0,
                             image_size=(640, 480))
@@ -206,10 +207,10 @@ def make_data(args, tmp: pathlib.Path):
 
 
 def end_to_end(args, budget: Budget, records, pack_dir) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  import bench_input  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import training  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import packed, pipeline  # pylint: disable=import-outside-toplevel
+  import jax  # why: only this test or script needs it
+  import bench_input  # why: only this test or script needs it
+  from sbpose_jax.training import loop as training  # why: only this test or script needs it
+  from sbpose_jax.data import packed, pipeline  # why: only this test or script needs it
   pipeline.prepare_multiprocessing()
   b = args.batches[0]
   virtual = records.select(np.arange(args.virtual_size) % len(records))
@@ -259,8 +260,8 @@ def end_to_end(args, budget: Budget, records, pack_dir) -> None:
 
 
 def evaluation(args, budget: Budget) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import inference  # pylint: disable=import-outside-toplevel
+  import jax  # why: only this test or script needs it
+  from sbpose_jax.inference import pose as inference  # why: only this test or script needs it
   if not budget.allows("eval", 40 if not args.smoke else 5):
     return
   cfg = _config(args)
@@ -281,8 +282,8 @@ def evaluation(args, budget: Budget) -> None:
 
 
 def jax_part(args, budget: Budget) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import train  # pylint: disable=import-outside-toplevel
+  import jax  # why: only this test or script needs it
+  from sbpose_jax.commands import train  # why: only this test or script needs it
   train.init_distributed(mode="off")
   emit(figure="header", part="jax", jax=jax.__version__, device=jax.devices()[0].device_kind,
        platform=jax.devices()[0].platform, cpus=os.cpu_count())

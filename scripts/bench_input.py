@@ -49,7 +49,7 @@ import grain  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from sbpose_jax import config as config_lib  # noqa: E402
+from sbpose_jax.commands import config as config_lib  # noqa: E402
 from sbpose_jax import keypoints  # noqa: E402
 from sbpose_jax.data import pipeline  # noqa: E402
 from sbpose_jax.data import readers  # noqa: E402
@@ -76,9 +76,9 @@ class _ModSource:
 
 def packed_view(records, config, virtual_size: int, out: pathlib.Path, ann_file):
   """Packs `records` into `out` (once) and returns the pack presented as virtual_size rows."""
-  import copy  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import pack as pack_lib  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel
+  import copy  # why: only this test or script needs it
+  from sbpose_jax.commands import pack as pack_lib  # why: only this test or script needs it
+  from sbpose_jax.data import packed  # why: only this test or script needs it
   config = copy.deepcopy(config)
   config.data.root, config.data.train_ann = str(ann_file.parent), ann_file.name
   pack_lib.write_pack(records, config, "train", out, progress_bar=False)
@@ -167,7 +167,7 @@ def _cpu_seconds() -> float:
 
 def _layout(records, config, layout: str, batch_size: int, workers: int, host_targets: bool):
   if layout in ("packed", "device"):
-    from sbpose_jax.data import packed  # pylint: disable=import-outside-toplevel
+    from sbpose_jax.data import packed  # why: only this test or script needs it
     return packed.train_dataset(records, config, on_device=layout == "device",
                                 batch_size=batch_size, seed=0, num_workers=workers,
                                 host_targets=host_targets)

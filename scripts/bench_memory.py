@@ -36,7 +36,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from sbpose_jax.data.records import Records  # noqa: E402  pylint: disable=wrong-import-position
+from sbpose_jax.data.records import Records  # noqa: E402
 
 MB = 2**20
 
@@ -135,8 +135,8 @@ def _first(x):
 
 
 def grain_run(source, num_workers: int, elements: int = 256) -> list[tuple[float, float]]:
-  import grain  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  import grain  # why: only this test or script needs it
+  from absl import flags  # why: only this test or script needs it
   flags.FLAGS.mark_as_parsed()   # mp_prefetch outside absl.app.run (ecosystem-notes §1)
   ds = grain.MapDataset.source(source).seed(0).shuffle().map(_first)
   it = iter(ds.to_iter_dataset().mp_prefetch(
@@ -199,7 +199,7 @@ def main() -> None:
     _row(table, "fork", "records", n, lambda: fork_run(rec, n))
     _row(table, "fork", "dicts", n, lambda: fork_run(dicts, n))
   if not args.skip_grain:
-    import grain  # pylint: disable=import-outside-toplevel
+    import grain  # why: only this test or script needs it
     for j, n in enumerate(args.workers):
       _row(table, "grain", "empty", n, lambda: grain_run(grain.MapDataset.range(len(rec)), n))
       _row(table, "grain", "records", n, lambda: grain_run(RecordSource(rec), n))

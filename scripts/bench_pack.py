@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sbpose_jax import config as config_lib  # noqa: E402
-from sbpose_jax import pack as pack_lib  # noqa: E402
+from sbpose_jax.commands import config as config_lib  # noqa: E402
+from sbpose_jax.commands import pack as pack_lib  # noqa: E402
 from sbpose_jax.data import packed  # noqa: E402
 from sbpose_jax.data import pipeline  # noqa: E402
 from sbpose_jax.data import readers  # noqa: E402

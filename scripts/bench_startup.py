@@ -37,12 +37,13 @@ def main(argv=None) -> None:
 
   mark("start")
   # Imported here: their cost is the first thing measured.
-  # pylint: disable=import-outside-toplevel,protected-access
   import jax
-  from sbpose_jax import config as config_lib
-  from sbpose_jax import init_weights, keypoints, models, optim
-  from sbpose_jax import training as train
-  from sbpose_jax import train_state as ts
+  from sbpose_jax.commands import config as config_lib
+  from sbpose_jax import keypoints, models
+  from sbpose_jax.training import init as init_weights
+  from sbpose_jax.training import optim
+  from sbpose_jax.training import loop as train
+  from sbpose_jax.training import state as ts
   from sbpose_jax.data import pipeline
   mark("imports")
   pipeline.prepare_multiprocessing()

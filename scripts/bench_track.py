@@ -24,8 +24,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sbpose_jax import config as config_lib  # noqa: E402
-from sbpose_jax import keypoints, saved_model as sm, track, video  # noqa: E402
+from sbpose_jax.commands import config as config_lib  # noqa: E402
+from sbpose_jax import keypoints, video  # noqa: E402
+from sbpose_jax.weights import saved_model as sm  # noqa: E402
+from sbpose_jax.tracking import video_loop  # noqa: E402
 from sbpose_jax.data import synthetic  # noqa: E402
 from sbpose_jax.tracking import tracker  # noqa: E402
 
@@ -110,7 +112,7 @@ def main():
                                                   ["--config.model.dtype='float32'"]))
   tmp = pathlib.Path(tempfile.mkdtemp())
   save_random_model(tmp / "model", args.depth, args.width)
-  pose = track.PoseModel(cfg, tmp / "model")
+  pose = video_loop.FramePoses(cfg, tmp / "model")
   for b in (1, 2, 4, 8):                                   # compile every bucket first
     img = np.zeros((480, 640, 3), np.uint8)
     pose(img, np.tile([[10, 10, 100, 200]], (b, 1)).astype(np.float32), np.ones(b))

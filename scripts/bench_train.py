@@ -19,12 +19,12 @@ import time
 import jax
 import numpy as np
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import keypoints
 from sbpose_jax import models
-from sbpose_jax import train
-from sbpose_jax import training
-from sbpose_jax import train_state as ts
+from sbpose_jax.commands import train
+from sbpose_jax.training import loop as training
+from sbpose_jax.training import state as ts
 
 
 def _setup(config, n_devices: int, per_device: int):
@@ -75,9 +75,9 @@ def bench_step(config, n_devices: int, per_device: int, steps: int, warmup: int)
 
 def bench_end_to_end(config, n_devices: int, per_device: int, steps: int, warmup: int) -> dict:
   """img/s with the config's grain pipeline feeding the step (decode, augment, copy)."""
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import pipeline  # why: only this test or script needs it
   model, state, data, settings, _ = _setup(config, n_devices, per_device)
-  records = training._prepare_data(config)  # pylint: disable=protected-access
+  records = training._prepare_data(config)
   b = per_device * n_devices
   it = iter(pipeline.train_dataset(records, config, batch_size=b, seed=0, host_targets=False))
   def step(state):
@@ -108,7 +108,7 @@ def main(argv=None):
   p.add_argument("--end-to-end", action="store_true", help="also run the real input pipeline")
   args, rest = p.parse_known_args(argv)
   train.init_distributed(mode="off")
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import pipeline  # why: only this test or script needs it
   pipeline.prepare_multiprocessing()
   config = config_lib.load(args.config, rest)
   counts = args.devices or sorted({1, jax.device_count()})

@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sbpose_jax import config as config_lib  # noqa: E402
+from sbpose_jax.commands import config as config_lib  # noqa: E402
 from sbpose_jax import geometry  # noqa: E402
 from sbpose_jax import visualize  # noqa: E402
 from sbpose_jax.data import pipeline  # noqa: E402

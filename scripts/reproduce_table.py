@@ -95,7 +95,7 @@ def parse_overrides(items) -> list[tuple[str, str, str]]:
 
 def row_config(name: str, args, overrides):
   """The evaluation config of one row (data root, float32, CLI-level overrides)."""
-  from sbpose_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import config as config_lib  # why: only this test or script needs it
   cfg, eval_type = config_lib.eval_config(config_lib.load(name, args.config_overrides))
   cfg.model.dtype = args.dtype
   if args.data_root:
@@ -104,13 +104,14 @@ def row_config(name: str, args, overrides):
     cfg.test.batch_size = args.batch_size
   for scope, key, value in overrides:
     if scope in ("all", cfg.data.dataset, name):
-      config_lib.apply_override(cfg, key, config_lib._parse_value(value))  # pylint: disable=protected-access
+      config_lib.apply_override(cfg, key, config_lib._parse_value(value))
   return cfg, eval_type
 
 
 def model_for(stem: str, args) -> pathlib.Path:
   """A saved model for checkpoint `stem`: given pre-converted, cached, or converted now."""
-  from sbpose_jax import conversion, saved_model  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.weights import conversion  # why: only this test or script needs it
+  from sbpose_jax.weights import saved_model
   ready = pathlib.Path(args.checkpoints) / stem
   if saved_model.is_saved_model(ready):
     return ready
@@ -126,7 +127,8 @@ def model_for(stem: str, args) -> pathlib.Path:
 
 
 def run_row(name: str, stem: str, published: str, args, overrides) -> dict:
-  from sbpose_jax import evaluate, evaluators  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import evaluators  # why: only this test or script needs it
+  from sbpose_jax.commands import evaluate
   cfg, eval_type = row_config(name, args, overrides)
   evaluate.check_inputs(cfg)
   model = model_for(stem, args)

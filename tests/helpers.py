@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from sbpose_jax import heatmaps as heatmaps_lib
-from sbpose_jax import losses
+from sbpose_jax.training import losses
 
 
 def mm_decode_default(hm_nkhw):
@@ -135,7 +135,8 @@ def tensorboard_scalars(tb_dir) -> tuple[dict[str, list[tuple[int, float]]], lis
   Reads the TFRecord framing (u64 length, u32 crc, data, u32 crc; CRCs not checked) with the
   protobufs tensorboardX ships (no TensorFlow or tensorboard needed).
   """
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  # why: tensorBoard's writer loads only when logging starts
+  from tensorboardX.proto import event_pb2
   scalars, purges = {}, []
   for path in sorted(pathlib.Path(tb_dir).glob("events.out.tfevents.*")):
     data, pos = path.read_bytes(), 0

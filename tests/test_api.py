@@ -8,8 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import PoseEstimator, inference, saved_model
-from sbpose_jax import config as config_lib
+from sbpose_jax import PoseEstimator
+
+from sbpose_jax.inference import pose as inference
+
+from sbpose_jax.weights import saved_model
+from sbpose_jax.commands import config as config_lib
 from test_evaluate import ref_boxes
 
 SMALL = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)",
@@ -162,7 +166,8 @@ def test_load_refuses_what_is_not_a_pose_model(tmp_path):
 def test_evaluate_and_predict_give_the_same_keypoints(fixtures_dir, model_dir, tmp_path):
   # Both commands on the same GT boxes (the boxes file holds the json's float64 values).
   import json
-  from sbpose_jax import evaluate, predict
+  from sbpose_jax.commands import evaluate
+  from sbpose_jax.commands import predict
   f = fixtures_dir / "coco"
   evaluate.main(["--config", "coco_res50", "--checkpoint", str(model_dir), "--ann-file",
                  str(f / "test_coco.json"), "--img-dir", str(f), "--gt-boxes", "--out-dir",

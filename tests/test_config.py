@@ -2,7 +2,7 @@ import pathlib
 
 import pytest
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 
 PUBLISHED_ROWS = (
     "coco_res50", "coco_res50_384x288", "coco_res101", "coco_res101_384x288", "coco_res152",

@@ -18,13 +18,13 @@ torch.set_num_threads(2)
 
 import torch_reference as tr  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from sbpose_jax import config as config_lib  # noqa: E402
-from sbpose_jax import conversion  # noqa: E402
-from sbpose_jax import convert  # noqa: E402
-from sbpose_jax import init_weights  # noqa: E402
+from sbpose_jax.commands import config as config_lib  # noqa: E402
+from sbpose_jax.weights import conversion  # noqa: E402
+from sbpose_jax.commands import convert  # noqa: E402
+from sbpose_jax.training import init as init_weights  # noqa: E402
 from sbpose_jax import models  # noqa: E402
-from sbpose_jax import saved_model  # noqa: E402
-from sbpose_jax import workdir  # noqa: E402
+from sbpose_jax.weights import saved_model  # noqa: E402
+from sbpose_jax.training import workdir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -318,7 +318,7 @@ def test_cli_bad_inputs(tmp_path, capsys, r18):
 
 
 def test_cli_sha_prefix_and_overwrite(tmp_path, capsys, r18):
-  import hashlib  # pylint: disable=g-import-not-at-top
+  import hashlib  # why: used by this function only
   model, _, _ = r18
   src = tmp_path / "tmp.pth"
   tr.save(model, "mm1", "zip", src)

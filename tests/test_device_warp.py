@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import geometry
-from sbpose_jax import pack as pack_lib
+from sbpose_jax.commands import pack as pack_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
 from sbpose_jax.data import readers
@@ -67,8 +67,9 @@ def test_matches_host_warp_for_the_same_draws(fixtures_dir, tmp_path, chroma):
 @pytest.mark.parametrize("chroma", ["yuv420", "planes"])
 def test_train_step_warps_on_device(fixtures_dir, tmp_path, chroma):
   """One train step from packed crops + matrices equals the step on host-warped crops."""
-  from sbpose_jax import models, training  # pylint: disable=import-outside-toplevel
-  from sbpose_jax import train_state as ts  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import models  # why: only this test or script needs it
+  from sbpose_jax.training import loop as training
+  from sbpose_jax.training import state as ts  # why: only this test or script needs it
   wh = (96, 96)
   cfg = config_lib.load("coco_res50", [
       f"--config.data.root={fixtures_dir / 'coco'}", "--config.data.train_ann=test_coco.json",

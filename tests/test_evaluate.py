@@ -14,9 +14,11 @@ import pytest
 
 import cv2
 from helpers import mm_decode_default, mm_get_affine_transform, mm_oks_nms
-from sbpose_jax import evaluate, keypoints, saved_model
+from sbpose_jax import keypoints
+from sbpose_jax.commands import evaluate
+from sbpose_jax.weights import saved_model
 from sbpose_jax.evaluators import loop
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 
 # Small crops keep the ResNet-18 cheap on a CPU; every test shares one compiled shape.
 SMALL = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)",

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import PoseEstimator, export, exporting, models
+from sbpose_jax import PoseEstimator, exporting, models
+
+from sbpose_jax.commands import export
 from test_api import save_tiny
 from test_evaluate import ref_boxes
 

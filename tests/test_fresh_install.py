@@ -78,7 +78,7 @@ def test_fresh_venv_runs_demo_predict_and_convert(fresh_python, tmp_path):
   # 3. convert a PyTorch checkpoint (written here, where torch is installed) without torch.
   pytest.importorskip("torch")
   sys.path.insert(0, str(REPO / "tests"))
-  import torch_reference as tr  # pylint: disable=import-outside-toplevel
+  import torch_reference as tr  # why: only this test or script needs it
   model = tr.PoseResNet(18, 17, deconv_filters=(32, 32, 32), width=16)
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
   tr.randomize(model, x, x)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import mm_decode_default, mm_flip_back
-from sbpose_jax import config as config_lib
-from sbpose_jax import geometry, inference, keypoints
+from sbpose_jax.commands import config as config_lib
+from sbpose_jax import geometry, keypoints
+from sbpose_jax.inference import pose as inference
 
 TINY = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import heatmap_mse_mean
-from sbpose_jax import losses
+from sbpose_jax.training import losses
 
 
 def _mmpose_2020_loss(output, target, weight):

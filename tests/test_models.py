@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import models
 from sbpose_jax.models import pose_resnet
 

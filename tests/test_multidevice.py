@@ -21,7 +21,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from sbpose_jax import saved_model, training, train_state as ts
+    from sbpose_jax.weights import saved_model
+    from sbpose_jax.training import loop as training
+    from sbpose_jax.training import state as ts
     assert jax.device_count() == 8
     model = saved_model.build_model(saved_model.ModelMeta(depth=18, num_joints=5, width=8,
                                                           deconv_filters=(8, 8, 8)))
@@ -104,7 +106,9 @@ TWO_PROCESSES = textwrap.dedent("""
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import numpy as np
-    from sbpose_jax import config as config_lib, train, training
+    from sbpose_jax.commands import config as config_lib
+    from sbpose_jax.commands import train
+    from sbpose_jax.training import loop as training
     from sbpose_jax.data import pipeline, readers
     train.init_distributed(f"127.0.0.1:{port}", 2, pid)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
@@ -119,7 +123,10 @@ TWO_PROCESSES = textwrap.dedent("""
     params = jax.tree.leaves(jax.device_get(state.params))
     digest = float(sum(np.sum(np.abs(p.astype(np.float64))) for p in params))
     # The evaluation loop alone: each process predicts its share of the boxes, all score all.
-    from sbpose_jax import evaluators, inference, saved_model, workdir as workdir_lib
+    from sbpose_jax import evaluators
+    from sbpose_jax.inference import pose as inference
+    from sbpose_jax.weights import saved_model
+    from sbpose_jax.training import workdir as workdir_lib
     from sbpose_jax.evaluators import loop
     ecfg, eval_type = config_lib.eval_config(cfg)
     val = readers.read_split(ecfg.data, "val")

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from sbpose_jax import optim
+from sbpose_jax.training import optim
 
 
 def _cfg(**kw):

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
-from sbpose_jax import pack as pack_lib
+from sbpose_jax.commands import config as config_lib
+from sbpose_jax.commands import pack as pack_lib
 from sbpose_jax.data import pack_geometry
 from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import geometry
 from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
@@ -184,8 +184,8 @@ def test_two_workers_give_the_same_batches(records):
 
 def test_iterator_state_through_grain_checkpoint(records, tmp_path):
   """The state round-trips through grain's orbax handler (what training checkpoints)."""
-  import grain  # pylint: disable=import-outside-toplevel
-  from etils import epath  # pylint: disable=import-outside-toplevel
+  import grain  # why: only this test or script needs it
+  from etils import epath  # why: only this test or script needs it
   cfg = _config()
   make = lambda: pipeline.train_dataset(records, cfg, batch_size=2, seed=4)
   ref, _ = _take(make(), 4)
@@ -197,8 +197,8 @@ def test_iterator_state_through_grain_checkpoint(records, tmp_path):
 
 
 def test_global_batches_single_process(records):
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax import sharding as jsh  # pylint: disable=import-outside-toplevel
+  import jax  # why: only this test or script needs it
+  from jax import sharding as jsh  # why: only this test or script needs it
   sharding = jsh.NamedSharding(jsh.Mesh(np.array(jax.devices()), ("data",)),
                                jsh.PartitionSpec("data"))
   local, it = _take(pipeline.train_dataset(records, _config(), batch_size=2, seed=0), 1)
@@ -210,7 +210,7 @@ def test_global_batches_single_process(records):
 
 
 def test_browse_dataset_writes_png(tmp_path):
-  import importlib.util  # pylint: disable=import-outside-toplevel
+  import importlib.util  # why: used by this function only
   path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "browse_dataset.py"
   spec = importlib.util.spec_from_file_location("browse_dataset", path)
   browse = importlib.util.module_from_spec(spec)

@@ -234,7 +234,7 @@ def test_score_folders_reads_files(tmp_path):
 
 
 def test_evaluate_command_prints_mota_beside_ap(tmp_path, capsys):
-  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import evaluate  # why: only this test or script needs it
   names = ["nose", "head_bottom", "head_top", "left_ear", "right_ear", "left_shoulder",
            "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
            "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from helpers import mm_oks_nms
-from sbpose_jax.evaluators import postprocess
+from sbpose_jax.evaluators import results
+from sbpose_jax.inference import postprocess
 
 
 def test_rescore_mean_of_confident_joints_times_box_score():
@@ -67,7 +68,7 @@ def test_rescore_and_nms_groups_by_image_in_first_appearance_order():
 
 
 def test_prediction_buffer_dedupes_sorts_and_masks():
-  buf = postprocess.PredictionBuffer(2, "toy")
+  buf = results.PredictionBuffer(2, "toy")
   kp = lambda v: np.full((2, 2, 3), v, np.float32)
   buf.add(dict(index=[3, 1], keypoints=kp(1.0), center=np.zeros((2, 2)),
                scale=np.ones((2, 2)), bbox_score=[0.5, 0.6]))
@@ -79,7 +80,7 @@ def test_prediction_buffer_dedupes_sorts_and_masks():
 
 
 def test_prediction_buffer_rejects_wrong_joint_count_and_nan():
-  buf = postprocess.PredictionBuffer(17, "coco")
+  buf = results.PredictionBuffer(17, "coco")
   with pytest.raises(ValueError, match=r"\(B, 17, 3\).*coco"):
     buf.add(dict(index=[0], keypoints=np.zeros((1, 14, 3))))
   bad = np.zeros((1, 17, 3))
@@ -90,15 +91,15 @@ def test_prediction_buffer_rejects_wrong_joint_count_and_nan():
 
 def test_check_results_errors_name_the_file_and_problem():
   ok = {"image_id": 1, "keypoints": [0.0] * 6, "score": 1.0}
-  postprocess.check_results([ok], 2, [1], "r.json")
+  results.check_results([ok], 2, [1], "r.json")
   with pytest.raises(ValueError, match=r"r.json.*3 joints.*2 joints"):
-    postprocess.check_results([{**ok, "keypoints": [0.0] * 9}], 2, [1], "r.json")
+    results.check_results([{**ok, "keypoints": [0.0] * 9}], 2, [1], "r.json")
   with pytest.raises(ValueError, match=r"r.json.*image ids.*\[5\]"):
-    postprocess.check_results([{**ok, "image_id": 5}], 2, [1], "r.json")
+    results.check_results([{**ok, "image_id": 5}], 2, [1], "r.json")
   with pytest.raises(ValueError, match=r"r.json.*NaN"):
-    postprocess.check_results([{**ok, "score": float("nan")}], 2, [1], "r.json")
+    results.check_results([{**ok, "score": float("nan")}], 2, [1], "r.json")
   with pytest.raises(ValueError, match="JSON list"):
-    postprocess.check_results({"a": 1}, 2, [1], "r.json")
+    results.check_results({"a": 1}, 2, [1], "r.json")
 
 
 def test_coco_evaluator_equals_the_reference_pipeline_on_detector_boxes(fixtures_dir):

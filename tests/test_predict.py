@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sbpose_jax import predict
+from sbpose_jax.commands import predict
 from test_evaluate import BATCH, SMALL, save_tiny_model
 
 
@@ -78,7 +78,7 @@ def test_bad_inputs_are_one_clear_error(fixtures_dir, model_dir, tmp_path, capsy
 
 
 def test_video_input_writes_an_annotated_video(fixtures_dir, model_dir, tmp_path):
-  from sbpose_jax import video  # pylint: disable=import-outside-toplevel
+  from sbpose_jax import video  # why: pyAV loads only when a video is read or written
   clip = fixtures_dir / "posetrack18/videos/000001_mpiinew_test/000001_mpiinew_test.mp4"
   written = predict.main(_args(model_dir, tmp_path, clip))
   assert written == [tmp_path / "000001_mpiinew_test.mp4"]

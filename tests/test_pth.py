@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from sbpose_jax import pth
+from sbpose_jax.weights import pth
 
 try:
   import torch
@@ -126,7 +126,7 @@ def test_protocol0_global_in_zip_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
   path = tmp_path / "evil.pth"
-  import zipfile  # pylint: disable=g-import-not-at-top
+  import zipfile  # why: only this test or script needs it
   with zipfile.ZipFile(path, "w") as zf:
     zf.writestr("archive/data.pkl", payload)
     zf.writestr("archive/version", "3\n")

@@ -296,7 +296,7 @@ def test_empty_files_give_empty_records(tmp_path):
 
 
 def test_read_split(fixtures_dir):
-  from sbpose_jax import config as config_lib
+  from sbpose_jax.commands import config as config_lib
   cfg = config_lib.load("coco_res50", [
       f"--config.data.root={fixtures_dir / 'coco'}", "--config.data.train_ann=test_coco.json",
       "--config.data.train_images=.", "--config.data.val_ann=test_coco.json",

@@ -15,15 +15,15 @@ import jax
 import numpy as np
 import pytest
 
-from sbpose_jax import cli
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import cli
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import models
-from sbpose_jax import optim
-from sbpose_jax import train
-from sbpose_jax import training
-from sbpose_jax import train_log
-from sbpose_jax import train_state as ts
-from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.training import optim
+from sbpose_jax.commands import train
+from sbpose_jax.training import loop as training
+from sbpose_jax.training import log as train_log
+from sbpose_jax.training import state as ts
+from sbpose_jax.training import workdir as workdir_lib
 from sbpose_jax.data import synthetic
 
 from helpers import tensorboard_scalars
@@ -265,7 +265,7 @@ def test_os_errors_name_the_path():
 
 
 def test_cli_exit_codes_and_debug():
-  import argparse  # pylint: disable=import-outside-toplevel
+  import argparse  # why: only this test or script needs it
 
   def boom(error):
     def command(args, rest):
@@ -425,8 +425,8 @@ def test_help_does_not_import_jax(command):
 
 
 def test_convert_style_choices_are_the_models():
-  from sbpose_jax import convert  # pylint: disable=import-outside-toplevel
-  from sbpose_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import convert  # why: only this test or script needs it
+  from sbpose_jax.models import resnet  # why: only this test or script needs it
   assert convert.STYLES == resnet.STYLES
 
 
@@ -443,19 +443,19 @@ def test_metrics_truncation_keeps_steps_up_to_the_resumed_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_saved_model(tmp_path_factory):
-  from test_evaluate import save_tiny_model  # pylint: disable=import-outside-toplevel
+  from test_evaluate import save_tiny_model  # why: only this test or script needs it
   return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 def _predict_args(model_dir, out_dir, *inputs):
-  from test_evaluate import BATCH, SMALL  # pylint: disable=import-outside-toplevel
+  from test_evaluate import BATCH, SMALL  # why: only this test or script needs it
   return ["--config", "coco_res50", "--checkpoint", str(model_dir), *map(str, inputs),
           "--out-dir", str(out_dir), "--batch-size", str(BATCH), *SMALL]
 
 
 def test_predict_skips_an_unreadable_image_and_degenerate_boxes(
     fixtures_dir, tiny_saved_model, tmp_path, capsys):
-  from sbpose_jax import predict  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import predict  # why: only this test or script needs it
   folder = tmp_path / "in"
   folder.mkdir()
   good = folder / "000000000785.jpg"
@@ -479,8 +479,8 @@ def test_predict_skips_an_unreadable_image_and_degenerate_boxes(
 
 @pytest.mark.parametrize("case", ["no_score", "string_keypoint"])
 def test_bad_results_file_is_one_line(fixtures_dir, tmp_path, capsys, case):
-  from sbpose_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from test_evaluate import coco_args  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.commands import evaluate  # why: only this test or script needs it
+  from test_evaluate import coco_args  # why: only this test or script needs it
   gt = json.loads((fixtures_dir / "coco" / "test_coco.json").read_text())
   res = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
          for a in gt["annotations"] if a["num_keypoints"] > 0]
@@ -502,7 +502,7 @@ def test_bad_results_file_is_one_line(fixtures_dir, tmp_path, capsys, case):
 
 def test_stream_resumes_at_a_batch_with_any_worker_count(data_root):
   """What lets data.num_workers change on resume: batch k is the same however it is made."""
-  from sbpose_jax.data import pipeline, readers  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.data import pipeline, readers  # why: only this test or script needs it
   cfg = _config(data_root, 4)
   records = readers.read_split(cfg.data, "train")
   full = iter(pipeline.train_dataset(records, cfg, batch_size=4, seed=0, num_workers=0,
@@ -519,7 +519,7 @@ def test_stream_resumes_at_a_batch_with_any_worker_count(data_root):
 
 def test_worker_batches_leave_no_leaked_shared_memory(data_root):
   code = f"""
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax.data import pipeline, readers
 if __name__ == "__main__":
   cfg = config_lib.load("demo", ["--config.data.root={data_root}", "--config.data.num_workers=1"])

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax import models
-from sbpose_jax import saved_model
+from sbpose_jax.weights import saved_model
 
 TINY = saved_model.ModelMeta(depth=18, num_joints=5, width=8, deconv_filters=(8, 8, 8),
                              dataset="", source="test", step=7)

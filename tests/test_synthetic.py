@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from sbpose_jax import config as config_lib
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax.data import synthetic
 
 SIZE = (128, 96)

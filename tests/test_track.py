@@ -9,9 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from sbpose_jax import keypoints, saved_model as sm, track, video
+from sbpose_jax import keypoints, video
+
+from sbpose_jax.weights import saved_model as sm
+
+from sbpose_jax.commands import track
 from sbpose_jax.data import synthetic
-from sbpose_jax.tracking import matching, tracker
+from sbpose_jax.tracking import matching, tracker, video_loop
+from sbpose_jax.tracking import results as track_results
 
 
 SMALL = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)",
@@ -60,7 +65,7 @@ def test_track_mp4_and_frame_folder(fixtures_dir, model_dir, tmp_path):
 
 
 def test_truncated_video_names_the_frame_and_keeps_the_work(model_dir, tmp_path, capsys):
-  import av  # pylint: disable=import-outside-toplevel
+  import av  # why: pyAV loads only when a video is read or written
   src = tmp_path / "clip.mp4"
   with av.open(str(src), "w", options={"movflags": "faststart"}) as c:
     s = c.add_stream("mpeg4", rate=10)
@@ -179,23 +184,23 @@ def test_read_boxes_formats(tmp_path):
   src = video.Source("x", "folder", "x", 30.0, 3, ["a.jpg", "b.jpg", "c.jpg"], "")
   p = tmp_path / "b.json"
   p.write_text(json.dumps({"b.jpg": [[10, 20, 30, 40, 0.7]], "2": [[0, 0, 5, 5]]}))
-  boxes = track.read_boxes(str(p), src)
+  boxes = video_loop.read_boxes(str(p), src)
   np.testing.assert_allclose(boxes[1][0], [[10, 20, 40, 60]])
   np.testing.assert_allclose(boxes[1][1], [0.7])
   np.testing.assert_allclose(boxes[2][1], [1.0])
   p.write_text(json.dumps([{"image_id": 0, "bbox": [1, 2, 3, 4], "score": 0.5,
                             "category_id": 1}, {"image_id": 0, "bbox": [1, 2, 3, 4],
                                                 "category_id": 2}]))
-  boxes = track.read_boxes(str(p), src)
+  boxes = video_loop.read_boxes(str(p), src)
   assert list(boxes) == [0] and len(boxes[0][0]) == 1
   p.write_text(json.dumps("nonsense"))
   with pytest.raises(ValueError, match="--boxes"):
-    track.read_boxes(str(p), src)
+    video_loop.read_boxes(str(p), src)
 
 
 def test_synthetic_tracking_scores_full_mota():
   """Tracker output (results_json) scored by posetrack_mota: ids kept through → MOTA 100."""
-  from sbpose_jax.evaluators import posetrack_mota as pm  # pylint: disable=import-outside-toplevel
+  from sbpose_jax.evaluators import posetrack_mota as pm  # why: only this test or script needs it
   frames, joints = _synthetic_clip()
   info = keypoints.get("posetrack18")     # same joint order as COCO but for head_bottom/top
   images = [{"id": 10 + t, "file_name": f"images/val/syn/{t:06d}.jpg"}
@@ -213,7 +218,7 @@ def test_synthetic_tracking_scores_full_mota():
       head = np.concatenate([j[:5].min(0) - 8, j[:5].max(0) - j[:5].min(0) + 16])
       gt_anns.append({"image_id": 10 + t, "track_id": 7 + pid, "bbox_head": head.tolist(),
                       "keypoints": np.concatenate([j, np.ones((17, 1))], 1).reshape(-1).tolist()})
-  res = track.results_json(src, info, out)
+  res = track_results.results_json(src, info, out)
   gt = {"images": images, "annotations": gt_anns, "categories": res["categories"]}
   scores = pm.evaluate_sequences([(pm.parse_sequence(gt, predictions=False),
                                    pm.parse_sequence(res), "syn")])

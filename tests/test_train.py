@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
-from sbpose_jax import init_weights
+from sbpose_jax.commands import config as config_lib
+from sbpose_jax.training import init as init_weights
 from sbpose_jax import models
-from sbpose_jax import saved_model
-from sbpose_jax import train
-from sbpose_jax import training
-from sbpose_jax import train_state as ts
-from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.weights import saved_model
+from sbpose_jax.commands import train
+from sbpose_jax.training import loop as training
+from sbpose_jax.training import state as ts
+from sbpose_jax.training import workdir as workdir_lib
 from sbpose_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

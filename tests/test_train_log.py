@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from sbpose_jax import train_log
+from sbpose_jax.training import log as train_log
 
 
 def test_jsonl_tensorboard_and_pictures(tmp_path, capsys):

@@ -11,7 +11,7 @@ from sbpose_jax import video
 
 
 def _write(path, n, size=(64, 48), **opts):
-  import av  # pylint: disable=import-outside-toplevel
+  import av  # why: pyAV loads only when a video is read or written
   rng = np.random.default_rng(0)
   imgs = [rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8) for _ in range(n)]
   with av.open(str(path), "w", options=opts) as c:

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from sbpose_jax import config as config_lib
-from sbpose_jax import saved_model
-from sbpose_jax import workdir
+from sbpose_jax.commands import config as config_lib
+from sbpose_jax.weights import saved_model
+from sbpose_jax.training import workdir
 
 META = saved_model.ModelMeta(depth=18, num_joints=17, width=8, deconv_filters=(8, 8, 8),
                              dataset="coco", source="test")

@@ -1,12 +1,12 @@
 """Shared pieces of the dataset configs (hidden from the config list by the leading underscore)."""
 
-from sbpose_jax import init_weights
+from sbpose_jax.weights import torchvision
 
 
 def set_depth(c, depth: int):
   """ResNet depth plus the matching torchvision init file under pretrained/."""
   c.model.depth = depth
-  c.init_checkpoint = init_weights.torchvision_path(depth)
+  c.init_checkpoint = torchvision.torchvision_path(depth)
   return c
 
 

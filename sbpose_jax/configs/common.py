@@ -5,7 +5,7 @@ Sizes are width first, as in the reference configs: input_size = (W, H).
 """
 import ml_collections
 
-from sbpose_jax import saved_model
+from sbpose_jax.weights.meta import ModelMeta
 
 
 def eval_entry(evaluator: str, every_epochs: int = 10, **data) -> ml_collections.ConfigDict:
@@ -67,9 +67,9 @@ def get_config():
       warp_on_device=False,      # packed: warp + flip + normalise inside the jitted step
   ))
 
-  # The architecture (depth 50, style, width, head) as saved_model.ModelMeta documents it.
+  # The architecture (depth 50, style, width, head) as weights/meta.py ModelMeta documents it.
   c.model = ml_collections.ConfigDict(dict(
-      **saved_model.ModelMeta.default_architecture(),
+      **ModelMeta.default_architecture(),
       deconv_impl="transpose",   # or "subpixel": the same function, faster to train on CPUs
       dtype="bfloat16",          # compute dtype; params are always float32
   ))

@@ -130,7 +130,7 @@ def crop_transform(region, image_wh: Sequence[int], pack_wh: Sequence[int]):
 def cut(image: np.ndarray, window, out_wh, pack_wh) -> np.ndarray:
   """The pack crop: `window` of `image` (zeros outside), area-resized to out_wh, placed at the
   top-left of a zero (pack H, pack W, C) array."""
-  import cv2  # pylint: disable=import-outside-toplevel
+  import cv2  # why: OpenCV only for this function; grain workers import the module
   x0, y0, x1, y1 = window
   h, w = image.shape[:2]
   src = np.zeros((y1 - y0, x1 - x0) + image.shape[2:], image.dtype)

@@ -50,7 +50,7 @@ def features(num_joints: int, chroma: str = "yuv420"):
   With `chroma="planes"` the image is one grayscale JPEG of the crop's 4:2:0 YCbCr planes
   (data/ycc420.py), (3H/2, W, 1); otherwise a colour JPEG of the crop.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # why: TFDS loads only for packed crops
   f = tfds.features
   k = num_joints
   return f.FeaturesDict({
@@ -120,7 +120,7 @@ def example(records: Records, row: int, image: np.ndarray, pack_wh, ranges: dict
 def file_digest(path) -> dict:
   """Size and sha256 of an annotation file, or of a folder of them (PoseTrack's per-video
   files: names and contents, sorted); what `check` compares."""
-  import hashlib  # pylint: disable=import-outside-toplevel
+  import hashlib  # why: used by this function only
   path = pathlib.Path(path)
   files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   h = hashlib.sha256()
@@ -212,7 +212,7 @@ class Pack:
 
 def open_pack(pack_dir, config, split: str = "train") -> Pack:
   """Checks the pack against the config and opens it (records memory-mapped)."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # why: TFDS loads only for packed crops
   pack_dir = pathlib.Path(pack_dir)
   meta = check(pack_dir, config, split)
   records = Records.load(pack_dir / f"records-{split}", mmap=True)
@@ -229,7 +229,7 @@ def read_jpeg(source, row: int) -> tuple[bytes, int]:
   TFDS's full `source[row]` converts all twelve features to numpy (~0.2 ms); training needs
   the crop alone (the rest is in the pack's records).
   """
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=C0415
+  from tensorflow_datasets.proto import tf_example_pb2  # why: TFDS loads only for packed crops
   raw = getattr(source, "data_source", source)[row]
   feature = tf_example_pb2.Example.FromString(raw).features.feature
   return feature["image"].bytes_list.value[0], int(feature["record_index"].int64_list.value[0])
@@ -402,7 +402,8 @@ def train_dataset(pack: Pack, config, *, on_device: bool | None = None, **kwargs
   the step by `ycc420.planes_to_colour_jnp`) and `warp_matrix` (B, 2, 3) float32 instead of
   the warped images.
   """
-  from sbpose_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  from sbpose_jax.data import pipeline
   d = config.data
   on_device = bool(d.warp_on_device) if on_device is None else on_device
   if not d.flip_in_affine:

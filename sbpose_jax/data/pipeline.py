@@ -180,7 +180,7 @@ def unlink_shared_memory(batch: Element) -> Element:
     if isinstance(value, grain.multiprocessing.SharedMemoryArray) and getattr(
         value, "_unlink_on_del", False):
       value.shm.unlink()
-      value._unlink_on_del = False  # pylint: disable=protected-access
+      value._unlink_on_del = False
   return batch
 
 

@@ -131,7 +131,8 @@ def planes_to_colour_jnp(planes, colour_order: str = "rgb"):
 
   Returns (B, H, W, 3) uint8, bit-equal to the numpy version.
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  import jax.numpy as jnp
 
   class _JnpOps:
     int32 = jnp.int32

@@ -28,7 +28,9 @@ import warnings
 import numpy as np
 
 from sbpose_jax import keypoints as kp
-from sbpose_jax.evaluators import postprocess
+from sbpose_jax.data.readers.common import load_json
+from sbpose_jax.evaluators import results as results_lib
+from sbpose_jax.inference import postprocess
 
 KP_STATS = ("AP", "AP50", "AP75", "AP(M)", "AP(L)", "AR", "AR50", "AR75", "AR(M)", "AR(L)")
 CROWD_STATS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP(E)", "AP(M)", "AP(H)")
@@ -253,15 +255,15 @@ def score_results(eval_type: str, gt: dict, results: list[dict], *, gt_path: str
 
 def load_results(eval_type: str, gt: dict, results_file: str) -> list[dict]:
   """Reads and validates a results file (joint count, image ids, NaNs)."""
-  results = postprocess.load_json(results_file, "results file")
+  results = load_json(results_file, "results file")
   num_joints = len(SETTINGS[eval_type].sigmas)
   image_ids = [im["id"] for im in gt.get("images", [])]
   if eval_type == "coco_wholebody" and results and "foot_kpts" not in results[0]:
-    postprocess.check_results(results, num_joints, image_ids, results_file)
+    results_lib.check_results(results, num_joints, image_ids, results_file)
     return [{**r, **split_wholebody(r["keypoints"])} for r in results]
   fields = (tuple(f for _, f in WHOLEBODY_PARTS.values()) if eval_type == "coco_wholebody"
             else ("keypoints",))
-  postprocess.check_results(results, num_joints, image_ids, results_file, fields)
+  results_lib.check_results(results, num_joints, image_ids, results_file, fields)
   return results
 
 
@@ -289,7 +291,7 @@ class CocoEvaluator:
       crowd_ignore = test.get("crowdpose_ignore", "2020") if test else "2020"
     self.use_nms, self.backend = use_nms, backend
     self.crowd_ignore = crowd_ignore_rule(crowd_ignore)
-    self.buffer = postprocess.PredictionBuffer(len(self.setting.sigmas), self.eval_type)
+    self.buffer = results_lib.PredictionBuffer(len(self.setting.sigmas), self.eval_type)
 
   def process(self, preds: dict) -> None:
     self.buffer.add(preds)
@@ -319,7 +321,7 @@ class CocoEvaluator:
     return out
 
   def compute(self, out_dir: str | None = None) -> dict[str, float]:
-    gt = postprocess.load_json(self.ann_file, "annotation file")
+    gt = load_json(self.ann_file, "annotation file")
     results = self.results()
     if out_dir:
       os.makedirs(out_dir, exist_ok=True)

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from sbpose_jax.evaluators import postprocess
+from sbpose_jax.data.readers.common import load_json
+from sbpose_jax.evaluators import results as results_lib
 
 SC_BIAS = 0.6
 PCKH_RANGE = np.arange(0, 0.5 + 0.01, 0.01)
@@ -50,7 +51,7 @@ def load_mpii_gt(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"MPII PCKh ground truth not found: {path} (the official "
                             "mpii_gt_val.mat, placed beside the annotation file)")
   if path.endswith(".json"):
-    anns = postprocess.load_json(path, "MPII ground truth")
+    anns = load_json(path, "MPII ground truth")
     if not anns or any("headbox" not in a for a in anns):
       raise ValueError(f"{path}: every entry needs a 'headbox' [x1, y1, x2, y2] for PCKh")
     joints = np.asarray([a["joints"] for a in anns], np.float64)          # (N, 16, 2)
@@ -119,7 +120,7 @@ def trb_accuracy(preds: dict[int, np.ndarray], ann_file: str) -> dict[str, float
     preds: annotation id → (40, 2+) predicted image coordinates.
     ann_file: MPII-TRB json; each scored annotation needs `headbox` [x1, y1, x2, y2].
   """
-  gt = postprocess.load_json(ann_file, "MPII-TRB annotation file")
+  gt = load_json(ann_file, "MPII-TRB annotation file")
   hit = np.zeros(40)
   exist = np.zeros(40)
   missing = 0
@@ -146,7 +147,7 @@ def trb_accuracy(preds: dict[int, np.ndarray], ann_file: str) -> dict[str, float
           "Mean_Acc": ratio(hit, exist)}
 
 
-def _ordered(buffer: postprocess.PredictionBuffer, n: int, name: str) -> np.ndarray:
+def _ordered(buffer: results_lib.PredictionBuffer, n: int, name: str) -> np.ndarray:
   """(n, K, 3) predictions by record row; rows without a prediction are NaN."""
   p = buffer.collect()
   out = np.full((n, buffer.num_joints, 3), np.nan, np.float32)
@@ -183,7 +184,7 @@ class MpiiEvaluator:
         ann_file = os.path.join(config.data.root, config.data.val_ann)
       gt_file = os.path.join(os.path.dirname(ann_file), "mpii_gt_val.mat")
     self.gt_file = gt_file
-    self.buffer = postprocess.PredictionBuffer(16, "mpii")
+    self.buffer = results_lib.PredictionBuffer(16, "mpii")
 
   def process(self, preds: dict) -> None:
     self.buffer.add(preds)
@@ -212,7 +213,7 @@ class MpiiTrbEvaluator:
   def __init__(self, records, config=None, *, ann_file: str | None = None, **_):
     self.records = records
     self.ann_file = ann_file or os.path.join(config.data.root, config.data.val_ann)
-    self.buffer = postprocess.PredictionBuffer(40, "mpii_trb")
+    self.buffer = results_lib.PredictionBuffer(40, "mpii_trb")
 
   def process(self, preds: dict) -> None:
     self.buffer.add(preds)

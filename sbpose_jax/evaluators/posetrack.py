@@ -21,7 +21,9 @@ import os
 import numpy as np
 
 from sbpose_jax import keypoints as kp
-from sbpose_jax.evaluators import postprocess
+from sbpose_jax.data.readers.common import load_json
+from sbpose_jax.evaluators import results as results_lib
+from sbpose_jax.inference import postprocess
 
 # poseval's joint ids (eval_helpers.Joint); head_bottom is poseval's "neck".
 POSEVAL_JOINTS = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
@@ -34,7 +36,7 @@ DIST_THRESH = 0.5
 NJ = len(POSEVAL_JOINTS)
 
 
-def _to_15(flat, names, scores=None):
+def to_15_joints(flat, names, scores=None):
   """Flat [x, y, v] × K in `names` order → (15, 2) xy, (15,) present, (15,) score."""
   k = np.asarray(flat, np.float64).reshape(len(names), 3)
   xy = np.zeros((NJ, 2))
@@ -55,7 +57,7 @@ def _to_15(flat, names, scores=None):
 
 def read_gt_sequence(path: str) -> list[dict]:
   """One GT sequence json → frames [{image_id, gt: [person], ignore: [(P, 2) polygons]}]."""
-  data = postprocess.load_json(path, "PoseTrack18 ground-truth sequence")
+  data = load_json(path, "PoseTrack18 ground-truth sequence")
   names = data["categories"][0]["keypoints"]
   by_image: dict = {}
   for a in data["annotations"]:
@@ -64,7 +66,7 @@ def read_gt_sequence(path: str) -> list[dict]:
   for im in data["images"]:
     people = []
     for a in by_image.get(im["id"], []):
-      xy, has, _ = _to_15(a["keypoints"], names)
+      xy, has, _ = to_15_joints(a["keypoints"], names)
       hb = a.get("bbox_head")
       head = None if hb is None else (hb[0], hb[1], hb[0] + hb[2], hb[1] + hb[3])
       people.append({"xy": xy, "has": has, "head": head})
@@ -211,7 +213,7 @@ def score_predictions(gt_folder: str, preds: dict[int, list[dict]]) -> dict[str,
     for f in read_gt_sequence(path):
       pr = []
       for p in preds.get(f["image_id"], []):
-        xy, has, sc = _to_15(np.asarray(p["keypoints"]).reshape(-1), names, list(p["scores"]))
+        xy, has, sc = to_15_joints(np.asarray(p["keypoints"]).reshape(-1), names, list(p["scores"]))
         pr.append({"xy": xy, "has": has, "score": sc})
       frames.append({**f, "pr": pr})
   return table(evaluate_ap(frames))
@@ -223,7 +225,7 @@ def write_sequences(gt_folder: str, preds: dict[int, list[dict]], pred_folder: s
   cat = {"supercategory": "person", "id": 1, "name": "person",
          "keypoints": list(kp.POSETRACK18.joint_names)}
   for path in gt_sequence_files(gt_folder):
-    gt = postprocess.load_json(path, "PoseTrack18 ground-truth sequence")
+    gt = load_json(path, "PoseTrack18 ground-truth sequence")
     images, anns = [], []
     for im in gt["images"]:
       images.append({"id": im["id"], "file_name": im["file_name"]})
@@ -238,14 +240,14 @@ def write_sequences(gt_folder: str, preds: dict[int, list[dict]], pred_folder: s
 def load_results(results: str, gt_folder: str) -> dict[int, list[dict]]:
   """A folder of per-sequence prediction jsons, or a COCO-style results list → preds by image."""
   image_ids = [im["id"] for p in gt_sequence_files(gt_folder)
-               for im in postprocess.load_json(p, "PoseTrack18 sequence")["images"]]
+               for im in load_json(p, "PoseTrack18 sequence")["images"]]
   if os.path.isdir(results):
     entries = [a for p in sorted(glob.glob(os.path.join(results, "*.json")))
-               for a in postprocess.load_json(p, "PoseTrack18 prediction")["annotations"]]
+               for a in load_json(p, "PoseTrack18 prediction")["annotations"]]
     source = results
   else:
-    entries, source = postprocess.load_json(results, "results file"), results
-  postprocess.check_results(entries, 17, image_ids, source, require_score=False)
+    entries, source = load_json(results, "results file"), results
+  results_lib.check_results(entries, 17, image_ids, source, require_score=False)
   out: dict[int, list[dict]] = {}
   for r in entries:
     k = np.asarray(r["keypoints"], np.float64).reshape(17, 3)
@@ -277,7 +279,7 @@ class PoseTrackEvaluator:
     self.vis_thr = vis_thr if vis_thr is not None else (test.vis_thr if test else 0.2)
     self.oks_thr = oks_thr if oks_thr is not None else (test.oks_thr if test else 0.9)
     self.use_nms = use_nms
-    self.buffer = postprocess.PredictionBuffer(17, "posetrack18")
+    self.buffer = results_lib.PredictionBuffer(17, "posetrack18")
 
   def process(self, preds: dict) -> None:
     self.buffer.add(preds)

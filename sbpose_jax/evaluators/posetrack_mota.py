@@ -25,11 +25,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from sbpose_jax.evaluators import posetrack as pt
 from sbpose_jax.evaluators.posetrack import COLUMNS, POSEVAL_JOINTS, drop_ignored
 
 NJ = len(POSEVAL_JOINTS)
@@ -294,3 +296,33 @@ def score_folders(gt_folder: str, pred_folder: str) -> dict[str, float]:
     pr = parse_sequence(_load(pred_path, "prediction sequence"), pred_path)
     seqs.append((gt, pr, name))
   return evaluate_sequences(seqs)
+
+
+def score_sequence(gt_path: str, results_path) -> dict[str, float]:
+  """MOTA (poseval evaluateTracking) and per-joint AP of one tracked sequence vs its GT."""
+  gt_d = json.loads(pathlib.Path(gt_path).read_text())
+  pr_d = json.loads(pathlib.Path(results_path).read_text())
+  out = evaluate_sequences([(parse_sequence(gt_d, gt_path, predictions=False),
+                             parse_sequence(pr_d, str(results_path)), gt_path)])
+  names = pr_d["categories"][0]["keypoints"]
+  by_image: dict = {}
+  for a in pr_d["annotations"]:
+    by_image.setdefault(a["image_id"], []).append(a)
+  frames = []
+  for f in pt.read_gt_sequence(gt_path):
+    pr = []
+    for a in by_image.get(f["image_id"], []):
+      xy, has, sc = pt.to_15_joints(a["keypoints"], names, a["scores"])
+      pr.append({"xy": xy, "has": has, "score": sc})
+    frames.append({**f, "pr": pr})
+  out.update({f"AP_{k}": v for k, v in pt.table(pt.evaluate_ap(frames)).items()
+              if not k.startswith("AP_")})
+  return out
+
+
+def format_scores(m: dict[str, float]) -> str:
+  """`score_sequence`'s metrics as printed: the AP groups, then poseval's MOTA table."""
+  ap = " | ".join(f"{k[3:]:>6}" for k in m if k.startswith("AP_"))
+  ap_v = " | ".join(f"{v:6.1f}" for k, v in m.items() if k.startswith("AP_"))
+  return f"AP (per joint group)\n{ap}\n{ap_v}\nMOTA\n{format_table(m)}"
+

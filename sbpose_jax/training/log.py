@@ -63,7 +63,8 @@ def _summary_writer_class():
   if hide:
     sys.modules["torch"] = None   # `import torch` raises ImportError while this is set
   try:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    # why: tensorBoard's writer loads only when logging starts
+    from tensorboardX import SummaryWriter
   finally:
     if hide:
       del sys.modules["torch"]

@@ -19,6 +19,9 @@ from typing import Sequence
 
 import ml_collections
 
+from sbpose_jax.eval_entries import eval_config  # noqa: F401  (the commands' one import)
+from sbpose_jax.sizes import check_sizes, network_output_wh  # noqa: F401
+
 CONFIG_PACKAGE = "sbpose_jax.configs"
 
 
@@ -118,12 +121,6 @@ def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.Con
   return cfg
 
 
-def network_output_wh(input_wh, num_deconv_layers: int) -> tuple[int, int]:
-  """Heatmap (W, H) of a PoseResNet: the backbone's stride 32 (SAME padding: ceil), then x2 per
-  deconvolution."""
-  return tuple(-(-int(v) // 32) * 2 ** int(num_deconv_layers) for v in input_wh)
-
-
 def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[str]:
   """Keeps data.heatmap_size and data.sigma consistent with an overridden data.input_size.
 
@@ -149,38 +146,3 @@ def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[s
       notes.append(f"data.sigma = {d.sigma:.4g} (scaled with the heatmap height; override "
                    "--config.data.sigma to choose another)")
   return notes
-
-
-def check_sizes(cfg: ml_collections.ConfigDict) -> None:
-  """Training's size rules, checked before anything is compiled.
-
-  Raises:
-    ValueError: naming the field and a value that works.
-  """
-  d = cfg.data
-  input_wh = tuple(int(v) for v in d.input_size)
-  if any(v % 32 for v in input_wh):
-    raise ValueError(f"data.input_size {input_wh}: both sides must be multiples of 32 (the "
-                     "backbone's stride), e.g. (192, 256) or (288, 384)")
-  expected = network_output_wh(input_wh, cfg.model.num_deconv_layers)
-  if tuple(int(v) for v in d.heatmap_size) != expected:
-    raise ValueError(f"data.heatmap_size {tuple(d.heatmap_size)} does not match the network's "
-                     f"output {expected} for data.input_size {input_wh}; set "
-                     f"--config.data.heatmap_size=\"{expected}\" (or leave it out)")
-  if not float(d.sigma) > 0 or not (3 * float(d.sigma)).is_integer():
-    raise ValueError(f"data.sigma must be positive with 3 * sigma an integer (the Gaussian is "
-                     f"6 sigma + 1 pixels wide), got {d.sigma}")
-
-
-def eval_config(config: ml_collections.ConfigDict, name: str | None = None
-                ) -> tuple[ml_collections.ConfigDict, str]:
-  """(config with `evals.<name>.data` applied to `data`, evaluator type). Unlocked copy."""
-  names = list(config.evals.keys())
-  if not names:
-    raise ValueError(f"config {config.name!r} has no evals entry")
-  name = name or names[0]
-  if name not in config.evals:
-    raise ValueError(f"--eval {name!r}: config has evals {names}")
-  ecfg = ml_collections.ConfigDict(config.to_dict())
-  ecfg.data.update(dict(config.evals[name].data))
-  return ecfg, config.evals[name].type

@@ -37,8 +37,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from sbpose_jax import saved_model
-from sbpose_jax import train_state as ts
+from sbpose_jax.weights import saved_model
+from sbpose_jax.training import state as ts
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -225,7 +225,7 @@ class TrainCheckpoints:
       restored, error = None, None
       try:
         restored = self.restore(state, None, step)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         # orbax, tensorstore and json raise many types for one cause: unreadable files.
         error = e
       if not _on_every_process(error is None):

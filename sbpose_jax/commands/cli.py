@@ -47,7 +47,7 @@ def setup_logging(debug: bool = False) -> logging.Logger:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
     handler.addFilter(_lower_level)
-    handler._sbpose = True  # pylint: disable=protected-access
+    handler._sbpose = True
     log.addHandler(handler)
     log.propagate = False
   log.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -151,7 +151,6 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
         parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
         allow_overrides: bool = True) -> int:
   """Parses `argv`, runs `command(args, config overrides)`; returns the exit status."""
-  # pylint: disable-next=protected-access
   if not any("--debug" in a.option_strings for a in parser._actions):
     add_debug_flag(parser)
   args, rest = parser.parse_known_args(argv)
@@ -170,7 +169,7 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
     return EXIT_INTERRUPTED
   except SystemExit:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # The one place that turns exceptions into a line and an exit status.
     if debug:
       raise

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbpose_jax import keypoints
-from sbpose_jax import pth
-from sbpose_jax import saved_model
+from sbpose_jax.weights import pth
+from sbpose_jax.weights import saved_model
 from sbpose_jax.models import resnet
 
 COLOUR_ORDER = {"mmpose0": "rgb", "mmpose1": "rgb", "poseresnet": "bgr", "torchvision": "rgb",

@@ -26,18 +26,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sbpose_jax import config as config_lib
+from sbpose_jax import eval_entries
+from sbpose_jax import sizes
 from sbpose_jax import evaluators
 from sbpose_jax import heatmaps as heatmaps_lib
-from sbpose_jax import inference
-from sbpose_jax import init_weights
+from sbpose_jax.inference import pose as inference
+from sbpose_jax.training import init as init_weights
 from sbpose_jax import keypoints
-from sbpose_jax import losses
+from sbpose_jax.training import losses
 from sbpose_jax import models
-from sbpose_jax import optim
-from sbpose_jax import train_log
-from sbpose_jax import train_state as ts
-from sbpose_jax import workdir as workdir_lib
+from sbpose_jax.training import optim
+from sbpose_jax.training import log as train_log
+from sbpose_jax.training import state as ts
+from sbpose_jax.training import workdir as workdir_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
@@ -275,7 +276,7 @@ def _eval_sets(run: _Run) -> dict:
       if ev.type not in evaluators.EVALUATORS:
         raise ValueError(f"evals.{name}.type={ev.type!r} is unknown; known: "
                          f"{sorted(evaluators.EVALUATORS)}")
-      ecfg, _ = config_lib.eval_config(run.config, name)
+      ecfg, _ = eval_entries.eval_config(run.config, name)
       run.eval_sets[name] = (ecfg, readers.read_split(ecfg.data, "val"))
   return run.eval_sets
 
@@ -340,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       another config.
   """
   workdir = pathlib.Path(workdir)
-  config_lib.check_sizes(config)   # before anything is compiled
+  sizes.check_sizes(config)   # before anything is compiled
   # flush: these lines say what the run does before its first step, also through a pipe.
   say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
   try:
@@ -464,7 +465,7 @@ class _FirstBatch:
   def _fetch(self, iterator) -> None:
     try:
       self._result = (next(iterator), None)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       self._result = (None, e)   # re-raised in the loop by take()
 
   def wait(self) -> None:
