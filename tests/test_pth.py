@@ -169,7 +169,7 @@ def test_reader_never_imports_torch(tmp_path):
     expected[fmt] = float(sum(v.double().sum() for v in sd.values()))
   code = (
       "import sys; sys.modules['torch'] = None\n"
-      "from sbpose_jax import pth\n"
+      "from sbpose_jax.weights import pth\n"
       "for fmt in ('zip', 'legacy'):\n"
       "  sd = pth.load(sys.argv[1] + '/' + fmt + '.pth')['state_dict']\n"
       "  print(fmt, sum(float(v.astype('float64').sum()) for v in sd.values()))\n"

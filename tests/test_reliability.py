@@ -314,7 +314,7 @@ def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
 
 def test_lock_of_a_killed_process_is_free(tmp_path):
   work = tmp_path / "run"
-  code = ("import sys, time; from sbpose_jax import workdir as w; "
+  code = ("import sys, time; from sbpose_jax.training import workdir as w; "
           f"l = w.WorkdirLock({str(work)!r}).__enter__(); print('locked', flush=True); "
           "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=REPO,

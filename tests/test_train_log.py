@@ -53,7 +53,7 @@ def test_tensorboard_writer_does_not_import_torch(tmp_path):
   """tensorboardX imports torch whenever it is installed (1.5 s per run); we hide it, and only
   for that import: torch stays importable afterwards."""
   pytest.importorskip("torch")
-  code = ("import sys; from sbpose_jax import train_log; "
+  code = ("import sys; from sbpose_jax.training import log as train_log; "
           f"log = train_log.RunLogger({str(tmp_path)!r}, 10, 0, progress=False); "
           "log.train_line(1, {'loss': 1.0, 'lr': 0.1}); log.close(); "
           "assert log._tb is not None and 'torch' not in sys.modules, sorted(sys.modules); "
