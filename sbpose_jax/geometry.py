@@ -1,4 +1,4 @@
-"""Crop geometry of top-down pose estimation, in numpy (reference-conventions §1–3, §2.4).
+"""Crop geometry of top-down pose estimation, in numpy (docs/reference.md §1–3, §2.4).
 
 Everything here reproduces MMPose 0.x (`mmpose/core/post_processing/post_transforms.py`,
 `mmpose/core/bbox/transforms.py`, `top_down_transform.py`) down to the float32/float64 steps,
@@ -27,7 +27,7 @@ import numpy as np
 PIXEL_STD = 200.0
 
 # ImageNet statistics, applied channel by index. MSRA checkpoints saw BGR data normalised with
-# these RGB-ordered constants (reference-conventions §3.5, §8.1), so they are never permuted.
+# these RGB-ordered constants (docs/reference.md §3.5, §8.1), so they are never permuted.
 # The network input is (x / 255 - mean) / std; inference.normalize does it on the device.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -41,7 +41,7 @@ def ref_float(x) -> np.ndarray:
 
 def box_to_center_scale(bbox_xywh, aspect_ratio: float, padding: float = 1.25, *,
                          divide_in_float64: bool = False):
-  """Person box → crop centre and scale (MM `bbox_xywh2cs`, reference-conventions §1.1).
+  """Person box → crop centre and scale (MM `bbox_xywh2cs`, docs/reference.md §1.1).
 
   The aspect fix only enlarges. Arithmetic follows the reference: centre and aspect fix in
   float64 (the reference gets Python floats from the json), then float32 `/200` and `*padding`.
@@ -180,7 +180,7 @@ def solve_affine_3pt(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def get_affine_transform(center, scale, rot_deg: float, output_wh: Sequence[int],
                          inv: bool = False) -> np.ndarray:
-  """Image → crop affine matrix by the three-point method (reference-conventions §2.1).
+  """Image → crop affine matrix by the three-point method (docs/reference.md §2.1).
 
   Args:
     center: (2,) crop centre, image pixels.

@@ -1,4 +1,4 @@
-"""Gaussian heatmap targets and their decoding (reference-conventions §4.1, §5.1, §5.2).
+"""Gaussian heatmap targets and their decoding (docs/reference.md §4.1, §5.1, §5.2).
 
 Encoding is MMPose 0.x `TopDownGenerateTarget` ('MSRA', unbiased_encoding=False), bit for bit:
 integer centres `μ = int(x/stride + 0.5)` (truncating toward zero), a (6σ+1)² float32 Gaussian
@@ -171,7 +171,7 @@ def _argmax_jnp(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
   idx = jnp.argmax(flat, axis=2)                  # first maximum, as numpy
   maxvals = _pick_jnp(flat, idx)
   # Float floor division (exact: idx < 2**24 and 1/w far above float32 rounding): integer
-  # `%` and `//` do not convert to ONNX with a symbolic batch (ecosystem-notes §7).
+  # `%` and `//` do not convert to ONNX with a symbolic batch (docs/ecosystem.md §7).
   fidx = idx.astype(jnp.float32)
   y = jnp.floor(fidx / w)
   xy = jnp.stack([fidx - y * w, y], axis=-1)

@@ -1,7 +1,7 @@
 """Per-dataset keypoint metadata as plain data: joint names, flip pairs, upper-body ids, OKS sigmas.
 
 Values follow MMPose 0.x `configs/_base_/datasets/*.py` (see
-shared/docs/reference-conventions.md §6).
+docs/reference.md §6).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ AIC = KeypointInfo(
      "left_ankle", "head_top", "neck"),
     ((0, 3), (1, 4), (2, 5), (6, 9), (7, 10), (8, 11)),
     (0, 1, 2, 3, 4, 5, 12, 13),
-    # The 2020 checkpoints were scored with the sigmas doubled (reference-conventions §0).
+    # The 2020 checkpoints were scored with the sigmas doubled (docs/reference.md §0).
     tuple(2 * s for s in _AIC_SIGMAS),
     ((2, 1), (1, 0), (0, 13), (13, 3), (3, 4), (4, 5), (8, 7), (7, 6), (6, 9), (9, 10),
      (10, 11), (12, 13), (0, 6), (3, 9)))

@@ -24,7 +24,7 @@ sample crosses the process boundary on its own).
 Data: `synthetic` (the generator's 256x192 images, small to decode) and `fixture` (the 4 COCO
 val2017 images of ../shared/fixtures/coco, 500x333-640x429, as COCO train is). Both are
 presented as --virtual-size records (rows repeated) so that grain's shuffle costs what it
-costs on COCO train (ecosystem-notes §1: index_shuffle is ~1/n per lookup).
+costs on COCO train (docs/ecosystem.md §1: index_shuffle is ~1/n per lookup).
 """
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def _first(x):
 def grain_run(source, num_workers: int, elements: int = 256) -> list[tuple[float, float]]:
   import grain  # why: only this test or script needs it
   from absl import flags  # why: only this test or script needs it
-  flags.FLAGS.mark_as_parsed()   # mp_prefetch outside absl.app.run (ecosystem-notes §1)
+  flags.FLAGS.mark_as_parsed()   # mp_prefetch outside absl.app.run (docs/ecosystem.md §1)
   ds = grain.MapDataset.source(source).seed(0).shuffle().map(_first)
   it = iter(ds.to_iter_dataset().mp_prefetch(
       grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers)))

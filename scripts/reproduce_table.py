@@ -4,7 +4,7 @@
       [--out-dir out/reproduce] [--rows 'coco_*'] [--batch-size 64]
 
 --checkpoints holds the .pth files under their published names (e.g.
-res50_coco_256x192-ec54d7f3_20200709.pth; see docs/published-results or ROWS below); a folder
+res50_coco_256x192-ec54d7f3_20200709.pth; see docs/published.md or ROWS below); a folder
 with a file's stem holding an already converted saved model is used as is. --data-root holds
 one folder per dataset as the configs expect (coco/, ochuman/, aic/, mpii/, crowdpose/,
 posetrack18/: `data.root` = DATA_ROOT/<last part of the config's root>). Rows whose checkpoint,
@@ -75,7 +75,7 @@ ROWS = [
      "78.9 81.9 77.8 70.8 75.3 73.2 66.4 75.2"),
 ]
 
-# Published values known to be off (reference-conventions §0); shown under the table.
+# Published values known to be off (docs/reference.md §0); shown under the table.
 NOTES = {
     "coco_wholebody_res50": "published Whole AP/AR 0.457/0.578 is probably a typo; MMPose's "
                             "later README gives 0.520/0.633 for the same checkpoint",

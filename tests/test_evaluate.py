@@ -1,6 +1,6 @@
 """The evaluate command on the real COCO samples, against an independent reference pipeline.
 
-The reference below follows MMPose 0.x test-time code (reference-conventions §1, §2, §5) with
+The reference below follows MMPose 0.x test-time code (docs/reference.md §1, §2, §5) with
 json, cv2 and numpy only: box → centre/scale, cv2.getAffineTransform + warpAffine crop,
 normalisation, two separate forward passes (plain and mirrored), flip_back + shift, 'default'
 decoding, transform_preds, rescoring and OKS-NMS.
@@ -77,7 +77,7 @@ def ref_boxes(fixtures_dir, det_file):
         a["num_keypoints"] == 0:
       continue
     x, y, w, h = a["bbox"]
-    # 2020 sanitising (reference-conventions §0/§1.1): width w - 1.
+    # 2020 sanitising (docs/reference.md §0/§1.1): width w - 1.
     x1, y1 = max(0, x), max(0, y)
     x2 = min(im["width"] - 1, x1 + max(0, w - 1))
     y2 = min(im["height"] - 1, y1 + max(0, h - 1))

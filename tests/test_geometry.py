@@ -1,4 +1,4 @@
-"""Crop geometry against MMPose 0.x's formulas (reference-conventions §1–3) and OpenCV."""
+"""Crop geometry against MMPose 0.x's formulas (docs/reference.md §1–3) and OpenCV."""
 import glob
 
 import cv2

@@ -1,4 +1,4 @@
-"""Heatmap targets and decoding against MMPose 0.x (reference-conventions §4.1, §5.1, §5.2)."""
+"""Heatmap targets and decoding against MMPose 0.x (docs/reference.md §4.1, §5.1, §5.2)."""
 import cv2
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ TINY = ["--config.data.input_size=(48,64)", "--config.data.heatmap_size=(12,16)"
 
 
 # ------------------------------------------------------------------ reference implementations
-# Written from reference-conventions §5 independently of the package (loops, as MMPose).
+# Written from docs/reference.md §5 independently of the package (loops, as MMPose).
 
 def ref_transform(coords, center, scale, hm_wh):
   s = scale * 200.0

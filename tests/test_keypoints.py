@@ -1,5 +1,5 @@
 """Keypoint tables: every dataset's names, flip pairs, sigmas and skeleton agree with each other
-and with the published joint counts (reference-conventions §6)."""
+and with the published joint counts (docs/reference.md §6)."""
 import numpy as np
 import pytest
 

@@ -38,7 +38,7 @@ TINY_INPUT = ["--config.data.input_size=(96,96)", "--config.data.heatmap_size=(2
 
 # ------------------------------------------------------------------------------ configs
 
-PUBLISHED = {  # published-results.md rows -> (dataset, depth, input W x H, sigma)
+PUBLISHED = {  # docs/published.md rows -> (dataset, depth, input W x H, sigma)
     "coco_res50": ("coco", 50, (192, 256), 2), "coco_res50_384x288": ("coco", 50, (288, 384), 3),
     "coco_res101": ("coco", 101, (192, 256), 2),
     "coco_res101_384x288": ("coco", 101, (288, 384), 3),

@@ -1,4 +1,4 @@
-"""grain transforms against MMPose 0.x's training pipeline (reference-conventions §3, §4.1)."""
+"""grain transforms against MMPose 0.x's training pipeline (docs/reference.md §3, §4.1)."""
 import json
 
 import cv2

@@ -1,6 +1,6 @@
 """AI Challenger val with ground-truth boxes, ResNet-101, 256x192 (published: AP 0.650).
 
-The metric uses the 2020 AIC OKS sigmas (x2) and use_area=False (reference-conventions §0, §6.3).
+The metric uses the 2020 AIC OKS sigmas (x2) and use_area=False (docs/reference.md §0, §6.3).
 """
 from sbpose_jax.configs import _recipes
 from sbpose_jax.configs import common

@@ -1,4 +1,4 @@
-"""COCO val2017, ResNet-50, 384x288, sigma 3 (see published-results.md)."""
+"""COCO val2017, ResNet-50, 384x288, sigma 3 (see docs/published.md)."""
 from sbpose_jax.configs import _recipes
 from sbpose_jax.configs import coco_res50
 

@@ -42,7 +42,7 @@ def get_config():
       sigma=2.0,
       padding=1.25,
       colour_order="rgb",        # what the pipeline hands the model
-      # Training augmentation (reference-conventions §3).
+      # Training augmentation (docs/reference.md §3).
       shift_prob=0.3,            # 2020 behaviour: centre shift drawn once per record, frozen
       shift_factor=0.4,
       flip_prob=0.5,

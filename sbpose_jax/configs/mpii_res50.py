@@ -1,6 +1,6 @@
 """MPII val (PCKh), ResNet-50, 256x256, centre/scale from the annotations (published: 0.882).
 
-MPII's recipe (reference-conventions §3): flip + scale/rotation only (no centre shift, no
+MPII's recipe (docs/reference.md §3): flip + scale/rotation only (no centre shift, no
 half-body); the PCKh ground truth comes from mpii_gt_val.mat.
 """
 from sbpose_jax.configs import _recipes

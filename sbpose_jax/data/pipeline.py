@@ -65,7 +65,7 @@ class BadImageError(RuntimeError):
 def decode_image(path: str, colour_order: str = "rgb") -> np.ndarray:
   """Reads an image file into (H, W, 3) uint8 in `colour_order` ("rgb" or "bgr").
 
-  `IMREAD_COLOR` applies EXIF orientation, as MMPose's loader (reference-conventions §8.12).
+  `IMREAD_COLOR` applies EXIF orientation, as MMPose's loader (docs/reference.md §8.12).
   Raises BadImageError naming the file when it is missing or undecodable.
   """
   try:
@@ -213,7 +213,7 @@ def shifted_records(records: Records, config, seed: int) -> Records:
 
 
 def augmentations(config, info: keypoints.KeypointInfo) -> list:
-  """The random training transforms of reference-conventions §3 (after the decode), in order."""
+  """The random training transforms of docs/reference.md §3 (after the decode), in order."""
   d = config.data
   steps = [transforms.RandomFlip(info.flip_pairs, d.flip_prob,
                                  fold_into_affine=d.flip_in_affine)]
@@ -291,7 +291,7 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
     num_epochs: None repeats forever; else the stream ends after that many epochs, cut to a
       multiple of process_count * B so that every process yields the same number of batches.
     num_workers: worker processes (default config.data.num_workers); 0 = in this process.
-    num_threads: threads per worker (>= 1; 0 serialises, ecosystem-notes §1).
+    num_threads: threads per worker (>= 1; 0 serialises, docs/ecosystem.md §1).
     host_targets: False leaves `target` out (heatmaps built on the device from `joints`).
     extra_fields: element keys to keep beyond the contract (e.g. "index", "center").
     loader: factory records → grain Map from a record row to an element (the packed-source

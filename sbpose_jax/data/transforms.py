@@ -1,6 +1,6 @@
 """grain transforms of top-down training and evaluation, one class per augmentation.
 
-They follow MMPose 0.x's pipeline (reference-conventions §3): `RandomFlip → HalfBody →
+They follow MMPose 0.x's pipeline (docs/reference.md §3): `RandomFlip → HalfBody →
 RandomScaleRotation → TopDownAffine → GenerateTarget`; the maths lives in `geometry` and
 `heatmaps`. Randomness comes only from the `rng` grain passes to `random_map`, drawn in the
 reference's order and number (a step that cannot fire draws nothing), so one seed gives one

@@ -1,4 +1,4 @@
-"""COCO-style OKS AP/AR: COCO, OCHuman, AIC, CrowdPose, COCO-WholeBody (conventions §6.3).
+"""COCO-style OKS AP/AR: COCO, OCHuman, AIC, CrowdPose, COCO-WholeBody (docs/reference.md §6.3).
 
 The metric libraries do the scoring (pycocotools, faster-coco-eval, xtcocotools). MMPose scored
 with xtcocotools; its two differences from pycocotools (a ground truth is ignored when it has no
@@ -213,7 +213,7 @@ def score_wholebody(gt: dict, results: list[dict], gt_path: str | None = None
 
   Returns keys '<part>_<stat>' for part in body, foot, face, lefthand, righthand, whole, plus
   'hand_AP'/'hand_AR' = mean of left and right hand (how the table's "Hand" column was made is
-  an open question, reference-conventions §10.1; a hand whose value is -1, undefined, is left
+  an open question, docs/reference.md §10.1; a hand whose value is -1, undefined, is left
   out of the mean, and both undefined give -1).
   """
   sig = np.asarray(kp.COCO_WHOLEBODY.sigmas, np.float64)

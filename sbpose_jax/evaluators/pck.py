@@ -1,4 +1,4 @@
-"""Head-normalised PCK metrics: MPII PCKh and MPII-TRB accuracy (reference-conventions §6.3).
+"""Head-normalised PCK metrics: MPII PCKh and MPII-TRB accuracy (docs/reference.md §6.3).
 
 MPII follows MMPose 0.x `TopDownMpiiDataset.evaluate` (itself MS `mpii.py`): ground truth, head
 boxes and missing-joint flags from the official `mpii_gt_val.mat`, predictions in annotation

@@ -1,7 +1,7 @@
 """PoseTrack18 per-frame multi-person AP: poseval's `evaluateAP`, re-implemented in numpy.
 
 Follows poseval (leonid-pishchulin/poseval `eval_helpers.py`, `evaluateAP.py`, `convert.py`), the
-package MMPose calls (reference-conventions §6.3):
+package MMPose calls (docs/reference.md §6.3):
 * each sequence's json is read in the PoseTrack18 format and reduced to poseval's 15 joints by
   name (the ears are dropped); a point stored as x = y = v = 0 is "not annotated";
 * ground-truth frames without people are removed; in frames with ignore regions, GT and

@@ -2,7 +2,7 @@
 
 Follows poseval as it installs today (leonid-pishchulin/poseval 4258a15 = svenkreiss 3128c5c +
 packaging; `convert.py`, `eval_helpers.py`, `evaluateTracking.py`) and the CLEAR-MOT accumulator
-of motmetrics 1.4.0 (`mot.py`), which poseval calls. The rules (reference-conventions §11.2):
+of motmetrics 1.4.0 (`mot.py`), which poseval calls. The rules (docs/reference.md §11.2):
 
 1. no score threshold: a predicted joint is absent only when written as x = y = 0 with a 0 third
    value; a GT joint with v = 0 but coordinates counts as annotated;

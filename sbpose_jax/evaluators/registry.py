@@ -6,7 +6,7 @@ main metric, notes and ground-truth files. `loop.run_evaluation` runs a model ov
 set into an evaluator. `score_results_file` scores an existing results file with no model, and
 `format_table` prints the columns.
 
-Labelled variants (reference-conventions §0): keys ending in `_corrected` use the convention
+Labelled variants (docs/reference.md §0): keys ending in `_corrected` use the convention
 MMPose adopted after the published table (AIC sigmas ×1, MPII Mean@0.1 at threshold 0.10); the
 unsuffixed keys reproduce the table (AIC sigmas ×2, MPII threshold 0.11).
 """

@@ -1,6 +1,6 @@
 """Test-time inference: normalisation, jitted forward, flip test, on-device decoding.
 
-Numerics follow shared/docs/reference-conventions.md §5 (MMPose 0.x `TopDown.forward_test` +
+Numerics follow docs/reference.md §5 (MMPose 0.x `TopDown.forward_test` +
 `keypoints_from_heatmaps`):
 
 * the uint8 crop is normalised on the device with the ImageNet mean/std, applied channel by
@@ -47,7 +47,7 @@ def normalize(images: jax.Array, data_order: str = "rgb", model_order: str = "rg
   if data_order != model_order:
     x = x[..., ::-1]
   # MSRA checkpoints were trained on BGR data normalised with these RGB-ordered constants
-  # applied channel by index, so they are never permuted (checkpoint-formats §4).
+  # applied channel by index, so they are never permuted (docs/checkpoints.md §4).
   mean = jnp.asarray(geometry.IMAGENET_MEAN_RGB, jnp.float32)
   std = jnp.asarray(geometry.IMAGENET_STD_RGB, jnp.float32)
   return (x / 255.0 - mean) / std
@@ -55,7 +55,7 @@ def normalize(images: jax.Array, data_order: str = "rgb", model_order: str = "rg
 
 def flip_test_heatmaps(apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                        flip_index: np.ndarray, shift: bool = True) -> jax.Array:
-  """Averages the heatmaps of `x` and of its mirror image (reference-conventions §5.1).
+  """Averages the heatmaps of `x` and of its mirror image (docs/reference.md §5.1).
 
   Both halves go through the network as one batch of 2B, which keeps the accelerator busier
   than two calls of B.

@@ -3,7 +3,7 @@
 Shared by evaluation, prediction, tracking and the API.
 
 Follows MMPose 0.x `TopDownCocoDataset.evaluate` and `core/post_processing/nms.py`
-(reference-conventions §5.3): instance score = mean of the joint maxvals above `vis_thr`
+(docs/reference.md §5.3): instance score = mean of the joint maxvals above `vis_thr`
 times the box score; OKS-NMS per image at `oks_thr` with the crop-box areas (200·s)².
 """
 from __future__ import annotations

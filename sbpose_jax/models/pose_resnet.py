@@ -93,7 +93,7 @@ class DilatedDeconv(nn.Module):
   The same function and parameter (`kernel`, (k, k, out, in)) as nn.ConvTranspose with
   transpose_kernel=True, which flips the kernel spatially and dilates the input. ONNX
   converters that refuse `ConvTranspose(transpose_kernel=True)` (jax2onnx 0.17) export this
-  form exactly (ecosystem-notes §7); `export_form` uses it.
+  form exactly (docs/ecosystem.md §7); `export_form` uses it.
   """
   features: int
   kernel_size: int = 4

@@ -109,7 +109,7 @@ def max_pool_3x3_s2(x, impl: str = "window"):
 
   "window" is `nn.max_pool` with explicit padding; "pad" pads with -inf and pools VALID: the
   same function, written so that ONNX converters keep the padding (jax2onnx 0.17 silently drops
-  `nn.max_pool`'s explicit padding; ecosystem-notes §7).
+  `nn.max_pool`'s explicit padding; docs/ecosystem.md §7).
   """
   if impl == "window":
     return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))

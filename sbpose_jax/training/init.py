@@ -1,7 +1,7 @@
 """Where training starts: a random init, with the backbone (or a whole model) from a file.
 
 `config.init_checkpoint` names a torchvision ImageNet ResNet .pth (the backbone init of every
-MMPose 0.x seed config, reference-conventions §7.1), a pose model .pth, a saved model or a
+MMPose 0.x seed config, docs/reference.md §7.1), a pose model .pth, a saved model or a
 training workdir. Users download the torchvision files once; nothing is fetched at run time.
 """
 from __future__ import annotations

@@ -209,7 +209,7 @@ def _check_batch(config, n_devices: int) -> tuple[int, int]:
 def _train_iterator(records, config, start_step: int = 0):
   """This process's batches from the one of `start_step` on: batch_size_per_device x local
   devices rows, targets made on the device from `joints` (less host work and IPC;
-  ecosystem-notes §1c). The stream is a function of the step alone, so a resumed run needs no
+  docs/ecosystem.md §1c). The stream is a function of the step alone, so a resumed run needs no
   saved iterator state and may use another data.num_workers."""
   make = (functools.partial(packed.train_dataset, records) if isinstance(records, packed.Pack)
           else functools.partial(pipeline.train_dataset, records))

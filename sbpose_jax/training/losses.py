@@ -1,4 +1,4 @@
-"""Target-weighted heatmap MSE, as MMPose 2020's JointsMSELoss (reference-conventions §4.2).
+"""Target-weighted heatmap MSE, as MMPose 2020's JointsMSELoss (docs/reference.md §4.2).
 
 MMPose 2020: `L = (1/K) sum_k mean_{n,y,x} (w_nk * P - w_nk * T)^2`
 = `sum w^2 (P - T)^2 / (N K H W)`.

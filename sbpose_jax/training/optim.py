@@ -1,4 +1,4 @@
-"""Adam with mmcv's linear warmup and epoch-step decay (reference-conventions §7.1).
+"""Adam with mmcv's linear warmup and epoch-step decay (docs/reference.md §7.1).
 
 mmcv semantics, with `i` the 0-based iteration (optax's update count) and
 `e = i // steps_per_epoch`:

@@ -12,7 +12,7 @@ A workdir holds
 Checkpoints are written asynchronously. A step directory only appears once its commit is
 complete, so a run killed at any moment resumes from the last complete one. Retention keeps the
 latest `keep` steps plus the best one by the evaluation metric (orbax `BestN(reverse=False)` keeps
-the *highest* value; ecosystem-notes §3).
+the *highest* value; docs/ecosystem.md §3).
 
 `load_model(path)` / `read_meta(path)` accept a saved model or a workdir (its model_best, else
 model_last, else its latest training checkpoint): what evaluate and predict load.

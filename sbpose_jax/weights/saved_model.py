@@ -33,7 +33,7 @@ def build_model(meta: ModelMeta, dtype: str = "float32", deconv_impl: str = "tra
   """The network of `meta` at compute `dtype` (a PoseResNet; a ResNet if backbone_only).
 
   float32 means float32 throughout: convolutions run at 'highest' precision, so GPUs do not
-  silently use TF32 (which can move an argmax; checkpoint-formats §5.3). bfloat16 is the fast
+  silently use TF32 (which can move an argmax; docs/checkpoints.md §5.3). bfloat16 is the fast
   setting. `deconv_impl` computes the same function either way (models.pose_resnet.Deconv).
   """
   precision = "highest" if str(dtype) == "float32" else None

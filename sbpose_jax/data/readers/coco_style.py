@@ -3,7 +3,7 @@ PoseTrack18.
 
 One path that follows MMPose 0.x `TopDownCocoDataset._load_coco_keypoint_annotation_kernel` (GT
 boxes) and `_load_coco_person_detection_results` (detector boxes); see
-shared/docs/reference-conventions.md §1.1-1.2.
+docs/reference.md §1.1-1.2.
 
 Centres are the deterministic ones: the 2020 random centre shift of training (drawn once per
 record) is applied later, from `bbox_xywh`, by `pipeline.shifted_records`.
@@ -37,7 +37,7 @@ def box_to_center_scale(bbox_xywh, input_size: Sequence[int], padding: float = 1
 def sanitise_gt_boxes(bbox_xywh, image_wh, area=None):
   """GT box clean-up of MMPose 0.x COCO readers: clip to the image, keep non-empty boxes.
 
-  2020 behaviour that produced the published checkpoints (reference-conventions §0):
+  2020 behaviour that produced the published checkpoints (docs/reference.md §0):
   `x2 = min(W-1, x1 + max(0, w-1))`, i.e. the clean box is 1 px narrower than the raw one
   (MMPose >= 0.27 uses `w` instead of `w-1`).
   Args:
@@ -163,7 +163,7 @@ def read_detections(gt: Records, det_file, *, input_size=(192, 256), padding=1.2
   """Detector boxes of a COCO results file, on the image tables of the GT records `gt`.
 
   Keeps `category_id == 1` and `score >= det_score_thr`, in file order; boxes are used as is (no
-  sanitising, no -1); bbox_score = score, ann_ids = -1, no GT joints (reference §1.2).
+  sanitising, no -1); bbox_score = score, ann_ids = -1, no GT joints (docs/reference.md §1.2).
   """
   path = pathlib.Path(det_file)
   dets = load_json(path, "detection results file")

@@ -32,7 +32,7 @@ def read_mpii(ann_file, image_root, *, input_size=(256, 256), padding=1.25, gt_m
               det_file=None, det_score_thr=0.0, use_gt_bbox=True) -> Records:
   """MMPose's MPII json (a list of {image, center, scale, joints, joints_vis}), in file order.
 
-  Reference-conventions §1.3 (MM 0.x `TopDownMpiiDataset._get_db`, MS `mpii.py`): if c_x != -1,
+  docs/reference.md §1.3 (MM 0.x `TopDownMpiiDataset._get_db`, MS `mpii.py`): if c_x != -1,
   c_y += 15 * s and s *= padding; then c -= 1 and joints -= 1 (MATLAB 1-based -> 0-based);
   scale = (s, s) (square; input_size is unused). joints_vis is the target weight. Centre and
   scale stay float64, as the 2020 MPII reader kept them (`np.float`); crops depend on it.
@@ -110,7 +110,7 @@ def read_mpii_gt_mat(mat_file, num_instances: int | None = None) -> dict:
 
 def read_mpii_trb(ann_file, image_root, *, input_size=(256, 256), padding=None, det_file=None,
                   det_score_thr=0.0, use_gt_bbox=True) -> Records:
-  """MPII-TRB (40 joints), reference-conventions §1.4 (MM 0.x `TopDownMpiiTrbDataset._get_db`).
+  """MPII-TRB (40 joints), docs/reference.md §1.4 (MM 0.x `TopDownMpiiTrbDataset._get_db`).
 
   centre = json `center` as is (no -1, no +15); scale = input_size / json scale / 200 (a
   2-vector, float64 as the 2020 reader; the centre is float32) with **no** 1.25 padding (the
