@@ -325,6 +325,14 @@ def test_evaluate_command_prints_mota_beside_ap(tmp_path, capsys):
   assert m["Total"] == pytest.approx(100)
   out = capsys.readouterr().out
   assert "MOTA" in out and "Total" in out
+  assert m["track/MOTP_Wri"] == pytest.approx(100) and m["track/Rec_left_knee"] == 100
+  assert [line.split()[0] for line in out.splitlines() if line.split()[:1] in (
+      ["MOTP"], ["Prec"], ["Rec"])] == ["MOTP", "Prec", "Rec"]          # the per-group rows
+  # poseval's files: the total and one per sequence, per joint and in total
+  total = json.loads((tmp_path / "out/tracking/total_MOT_metrics.json").read_text())
+  seq = json.loads((tmp_path / "out/tracking/seq_MOT_metrics.json").read_text())
+  assert total["mota"][15] == pytest.approx(m["track/MOTA"]) and total["names"]["15"] == "total"
+  assert seq["pre"] == total["pre"] and len(seq["rec"]) == 16
 
 
 def test_duplicate_predicted_ids_and_large_ids_are_errors():
