@@ -209,3 +209,20 @@ def test_ensure_is_idempotent_and_checked(tmp_path):
   (tmp_path / "other").mkdir()
   with pytest.raises(ValueError, match="not a synthetic video dataset"):
     sv.ensure(tmp_path / "other", "stills", **kw)
+
+
+def test_evaluate_command_scores_the_clips(clips, tmp_path):
+  """The chain's last step reads these files: `evaluate --track` with the clips as data.root and
+  the ground truth (with scores) as the tracked results scores 100."""
+  from sbpose_jax.commands import evaluate  # why: only this test needs the command
+  res = tmp_path / "res"
+  res.mkdir()
+  for f in _clip_files(clips):
+    data = json.loads(f.read_text())
+    for a in data["annotations"]:
+      a["scores"] = [1.0] * 17
+    (res / f.name).write_text(json.dumps(data))
+  m = evaluate.main(["--config", "posetrack18_res50", "--results", str(res), "--track",
+                     "--out-dir", str(tmp_path / "out"), f"--config.data.root={clips}"])
+  assert m["Total"] == pytest.approx(100) and m["track/MOTA"] == pytest.approx(100)
+  assert (tmp_path / "out/tracking/900001_synthetic_MOT_metrics.json").exists()
