@@ -227,6 +227,13 @@ def test_one_compile_for_every_number_of_boxes_and_finite_gradients():
     assert np.isfinite(value) and np.isfinite(g_logits).all() and np.isfinite(g_boxes).all()
     if sum(counts):
       assert np.abs(g_boxes).sum() > 0
+  # the loss trains: gradient steps on the predictions themselves lower it (same compiled step)
+  boxes, first = _pred_boxes(rng, 2), None
+  for _ in range(20):
+    value, (g_logits, g_boxes) = step(logits, boxes, gb, gl, gv)
+    first = value if first is None else first
+    logits, boxes = logits - 0.5 * g_logits, boxes - 20.0 * g_boxes
+  assert value < 0.7 * first
   assert len(traces) == 1
 
 

@@ -121,8 +121,10 @@ def assign(priors: jnp.ndarray, pred_boxes: jnp.ndarray, pred_logits: jnp.ndarra
   Returns:
     `Assignment` with (N,) arrays.
   """
-  priors, pred_boxes, pred_logits, gt_boxes = jax.lax.stop_gradient(
-      (priors, pred_boxes, pred_logits, gt_boxes))
+  # why: the costs and top-k in float32 whatever the model's compute dtype
+  priors, pred_boxes, pred_logits, gt_boxes = (
+      jax.lax.stop_gradient(jnp.asarray(a, jnp.float32))
+      for a in (priors, pred_boxes, pred_logits, gt_boxes))
   num_classes = pred_logits.shape[1]
   n, g = priors.shape[0], gt_boxes.shape[0]
   gt_valid = gt_valid.astype(bool)
