@@ -187,6 +187,18 @@ def test_stills_for_a_detector(stills):
   assert img.shape == (SIZE[1], SIZE[0], 3)
 
 
+
+def test_stills_with_posetrack_joint_names(tmp_path):
+  kw = dict(seed=0, frame_size=(96, 64), num_frames=10)
+  coco = sv.generate_stills(tmp_path / "c", {"val": 2}, **kw)
+  pt = sv.generate_stills(tmp_path / "p", {"val": 2}, keypoint_format="posetrack18", **kw)
+  a = json.loads((coco / "annotations/person_keypoints_val.json").read_text())
+  b = json.loads((pt / "annotations/person_keypoints_val.json").read_text())
+  assert b["categories"][0]["keypoints"] == list(keypoints.POSETRACK18.joint_names)
+  assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+  assert (coco / "val/000001000001.jpg").read_bytes() == (pt / "val/000001000001.jpg").read_bytes()
+
+
 def test_coco_keypoint_format(tmp_path):
   root = sv.generate_clips(tmp_path, {"val": 1}, seed=0, frame_size=(96, 64), num_frames=4,
                            num_people=2, keypoint_format="coco")

@@ -378,14 +378,16 @@ def generate_clips(out_dir, num_clips: Mapping[str, int], seed: int = 0,
 
 def generate_stills(out_dir, num_images: Mapping[str, int], seed: int = 0,
                     frame_size: tuple[int, int] = (320, 240), num_frames: int = 100,
-                    max_people: int = 6) -> pathlib.Path:
+                    max_people: int = 6, keypoint_format: str = "coco") -> pathlib.Path:
   """Writes single frames of fresh scenes in COCO person-keypoints format, for a detector.
 
   Image i of a split: a scene of 1..`max_people` walkers drawn from (seed, split, i), at a
   random frame of its `num_frames`. Layout as data/synthetic.py (`out/<split>/<id>.jpg`,
-  `out/annotations/person_keypoints_<split>.json`: boxes, areas, COCO keypoints).
+  `out/annotations/person_keypoints_<split>.json`: boxes, areas, 17 keypoints named as
+  `keypoint_format` says: "coco", or "posetrack18" for a pose model whose output poseval reads).
   """
   w, h = (int(v) for v in frame_size)
+  categories = _categories(keypoint_format)
   out = pathlib.Path(out_dir)
   for s, (split, n) in enumerate(sorted(num_images.items())):
     (out / split).mkdir(parents=True, exist_ok=True)
@@ -399,14 +401,16 @@ def generate_stills(out_dir, num_images: Mapping[str, int], seed: int = 0,
       name = f"{image_id:012d}.jpg"
       _jpeg(out / split / name, image)
       images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-      anns += [_annotation(p, image_id * 10 + k, image_id, "coco") for k, p in enumerate(people)]
+      anns += [_annotation(p, image_id * 10 + k, image_id, keypoint_format)
+               for k, p in enumerate(people)]
     coco = {"info": {"description": f"sbpose_jax synthetic video stills, split {split}, "
                                     f"seed {seed}", "version": str(FORMAT_VERSION)},
-            "images": images, "annotations": anns, "categories": _categories("coco")}
+            "images": images, "annotations": anns, "categories": categories}
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(coco))
   params = _marker("stills", dict(num_images=num_images, seed=seed, frame_size=frame_size,
-                                  num_frames=num_frames, max_people=max_people))
+                                  num_frames=num_frames, max_people=max_people,
+                                  keypoint_format=keypoint_format))
   (out / "synthetic_video.json").write_text(json.dumps(params, indent=1) + "\n")
   return out
 
