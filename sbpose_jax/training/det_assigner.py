@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-INF = 1e8          # MMDetection's INF (the max_overlaps of priors outside every GT)
 EPS = 1e-7         # MMDetection's EPS in the IoU cost
 
 
