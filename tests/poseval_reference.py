@@ -173,11 +173,33 @@ def assign_mot(gt_frames, pr_frames, dist_thresh=0.5):
   return mot_all
 
 
+def _final(c, s):
+  """One joint's mota, motp, pre, rec from its mid-level counts `c` (a dict of numbers) and
+  summed D `s`: the formulas of both of computeMetrics' branches (per sequence and total)."""
+  n_obj = c["num_objects"] if c["num_objects"] > 0 else np.nan
+  n_fp = c["num_false_positives"]
+  mota = 100 * (1. - (c["num_misses"] + c["num_switches"] + n_fp) / n_obj)
+  n_det = c["num_detections"]
+  motp = 0.0 if (n_det == 0 or np.isnan(s)) else 100 * (1. - s / n_det)
+  tot = n_fp + n_det if n_fp + n_det > 0 else np.nan
+  return mota, motp, 100 * (1. * n_det / tot), 100 * (1. * n_det / n_obj)
+
+
+def _totals(fin):
+  for k in fin:
+    idxs = np.argwhere(~np.isnan(fin[k][0, :NJ]))
+    fin[k][0, NJ] = fin[k][0, idxs].mean()
+  return {k: v[0] for k, v in fin.items()}
+
+
 def compute_metrics(gt_frames, mot_all):
+  """computeMetrics → (totals {mota, motp, pre, rec}: (16,), mid-level counts, per-sequence
+  metrics as bSaveSeq computes them: [{mota, motp, pre, rec}: (16,)] in sequence order)."""
   names = ["num_misses", "num_switches", "num_false_positives", "num_objects", "num_detections"]
   mid = {n: np.zeros([1, NJ]) for n in names}
   mid["sumD"] = np.zeros([1, NJ])
   fin = {n: np.zeros([1, NJ + 1]) for n in ("mota", "motp", "pre", "rec")}
+  per_seq = []
   mh = mm.metrics.create()
   seqidxs = np.array([f["seq_id"] for f in gt_frames])
   for s in np.unique(seqidxs):
@@ -188,30 +210,32 @@ def compute_metrics(gt_frames, mot_all):
       for i in range(NJ):
         m = mot_all[imgidxs[j, 0]][i]
         accs[i].update(m["trackidxGT"], m["trackidxPr"], m["dist"])
+    seq = {n: np.zeros([1, NJ + 1]) for n in fin}
     for i in range(NJ):
       r = mh.compute(accs[i], metrics=names, return_dataframe=False, name="acc")
       for n in names:
         mid[n][0, i] += r[n]
       sd = accs[i].events["D"].sum()
       mid["sumD"][0, i] += 0 if np.isnan(sd) else sd
+      # bSaveSeq: the same formulas on this sequence's own counts
+      vals = _final(r, sd)
+      for n, v in zip(("mota", "motp", "pre", "rec"), vals):
+        seq[n][0, i] = v
+    per_seq.append(_totals(seq))
   for i in range(NJ):
-    n_obj = mid["num_objects"][0, i] if mid["num_objects"][0, i] > 0 else np.nan
-    n_fp = mid["num_false_positives"][0, i]
-    fin["mota"][0, i] = 100 * (1. - (mid["num_misses"][0, i] + mid["num_switches"][0, i]
-                                     + n_fp) / n_obj)
-    n_det = mid["num_detections"][0, i]
-    s = mid["sumD"][0, i]
-    fin["motp"][0, i] = 0.0 if (n_det == 0 or np.isnan(s)) else 100 * (1. - s / n_det)
-    tot = n_fp + n_det if n_fp + n_det > 0 else np.nan
-    fin["pre"][0, i] = 100 * (1. * n_det / tot)
-    fin["rec"][0, i] = 100 * (1. * n_det / n_obj)
-  for k in fin:
-    idxs = np.argwhere(~np.isnan(fin[k][0, :NJ]))
-    fin[k][0, NJ] = fin[k][0, idxs].mean()
-  return {k: v[0] for k, v in fin.items()}, mid
+    vals = _final({n: v[0, i] for n, v in mid.items()}, mid["sumD"][0, i])
+    for n, v in zip(("mota", "motp", "pre", "rec"), vals):
+      fin[n][0, i] = v
+  return _totals(fin), mid, per_seq
 
 
 def evaluate(gt_seqs: list[dict], pr_seqs: list[dict]):
   """poseval's evaluateTracking on PoseTrack18 dicts → ({mota, motp, pre, rec}: (16,), mid)."""
   gt, pr = load(copy.deepcopy(gt_seqs), copy.deepcopy(pr_seqs))
-  return compute_metrics(gt, assign_mot(gt, pr))
+  return compute_metrics(gt, assign_mot(gt, pr))[:2]
+
+
+def evaluate_per_sequence(gt_seqs: list[dict], pr_seqs: list[dict]):
+  """poseval's per-sequence metrics (`-s`, `<seq>_MOT_metrics.json`): [{mota, ...}: (16,)]."""
+  gt, pr = load(copy.deepcopy(gt_seqs), copy.deepcopy(pr_seqs))
+  return compute_metrics(gt, assign_mot(gt, pr))[2]

@@ -66,6 +66,21 @@ def check_against_poseval(gts, prs):
   got = pm.finalize(tot)
   for k in ("mota", "motp", "pre", "rec"):
     np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-9, err_msg=k)
+  # poseval's per-sequence figures (`-s`): the same four metrics on each sequence's counts
+  want_seq = ref.evaluate_per_sequence(gts, prs)
+  got_seq = pm.evaluate_per_sequence(
+      [(pm.parse_sequence(g, predictions=False), pm.parse_sequence(p), f"s{i}")
+       for i, (g, p) in enumerate(zip(gts, prs))])
+  assert list(got_seq) == [f"s{i}" for i in range(len(gts))]
+  for w, g in zip(want_seq, got_seq.values()):
+    for k in ("mota", "motp", "pre", "rec"):
+      np.testing.assert_allclose(g[k], w[k], rtol=1e-9, atol=1e-9, err_msg=f"per sequence {k}")
+  # the flat table carries every one of them, per joint, per group and in total
+  t = pm.table(got)
+  for k, label in pm.METRICS:
+    np.testing.assert_allclose([t[f"{label}_{n}"] for n in pm.POSEVAL_JOINTS], want[k][:15],
+                               rtol=1e-9, atol=1e-9, err_msg=label)
+    np.testing.assert_allclose(t[label], want[k][15], rtol=1e-9, atol=1e-9, err_msg=label)
   return got
 
 
@@ -152,6 +167,12 @@ def test_no_score_threshold_and_absent_joints():
   nose, lsho = pm.POSEVAL_JOINTS.index("nose"), pm.POSEVAL_JOINTS.index("left_shoulder")
   assert c["num_misses"][nose] == 3 and c["num_misses"][lsho] == 0
   check_against_poseval([gt], [pr])
+  # per joint: only the nose lost recall (3 of its 6 objects missed), its precision stays
+  t = ours(gt, pr)
+  assert t["Rec_nose"] == pytest.approx(50) and t["Prec_nose"] == pytest.approx(100)
+  assert t["MOTA_nose"] == pytest.approx(50) and t["Rec_left_shoulder"] == pytest.approx(100)
+  assert t["Rec_Head"] == pytest.approx((100 + 100 + 50) / 3)
+  assert t["Rec"] == pytest.approx((14 * 100 + 50) / 15)
 
 
 def test_single_frame_sequence_is_an_error():
@@ -220,6 +241,54 @@ def test_fixture_sequences_with_perturbed_gt_match_poseval(fixtures_dir, seed):
   assert np.isfinite(got["mota"][15]) and got["mota"][15] < 100
 
 
+def test_table_reports_every_metric_per_joint_group_and_total():
+  """poseval computes MOTA, MOTP, Prec, Rec per joint and in total: all of them are reported."""
+  gt = sequence(two_people())
+  pr_frames = two_people()
+  pr_frames[1] = pr_frames[1][:1]                          # person 1 missed in frame 1
+  pr_frames[2].append(person(800, 400, 7, 0))              # a false positive in frame 2
+  t = ours(gt, sequence(pr_frames))
+  for _, label in pm.METRICS:
+    assert label in t
+    for name, _ in pm.COLUMNS:
+      assert f"{label}_{name}" in t
+    for joint in pm.POSEVAL_JOINTS:
+      assert f"{label}_{joint}" in t
+  assert t["Prec_right_ankle"] == pytest.approx(100 * 5 / 6)
+  assert t["Rec_Knee"] == pytest.approx(100 * 5 / 6)
+  assert t["MOTP_head_top"] == pytest.approx(100)
+  text = pm.format_table(t)
+  assert text.splitlines()[0].split()[0] == "Head"          # poseval's row comes first
+  assert [line.split()[0] for line in text.splitlines()[3:]] == ["MOTA", "MOTP", "Prec", "Rec"]
+  # a table without the per-group keys (an older metrics.json) still prints poseval's row
+  short = {k: v for k, v in t.items() if k.startswith("MOTA") or k in ("MOTP", "Prec", "Rec")}
+  assert len(pm.format_table(short).splitlines()) == 2
+
+
+def test_poseval_json_layout():
+  gt = sequence(two_people())
+  m = pm.finalize(counts(gt, gt))
+  js = pm.poseval_json(m)
+  assert sorted(js) == ["mota", "motp", "names", "pre", "rec"]
+  assert all(len(js[k]) == 16 for k in ("mota", "motp", "pre", "rec"))
+  assert js["names"]["0"] == "right_ankle" and js["names"]["12"] == "neck"
+  assert js["names"]["15"] == "total"
+  json.dumps(js)
+
+
+def test_per_sequence_metrics_differ_where_the_sequences_do():
+  good = sequence(two_people())
+  pr_frames = two_people()
+  for a in pr_frames[2]:
+    a["track_id"] = 1 - a["track_id"]
+  seqs = [(pm.parse_sequence(good), pm.parse_sequence(good), "good"),
+          (pm.parse_sequence(good), pm.parse_sequence(sequence(pr_frames)), "swapped")]
+  per = pm.evaluate_per_sequence(seqs)
+  assert per["good"]["mota"][15] == pytest.approx(100)
+  assert per["swapped"]["mota"][15] == pytest.approx(100 * (1 - 2 / 6))
+  assert pm.evaluate_sequences(seqs)["MOTA"] == pytest.approx(100 * (1 - 2 / 12))
+
+
 def test_score_folders_reads_files(tmp_path):
   gt, pr = sequence(two_people()), sequence(two_people())
   (tmp_path / "gt").mkdir()
@@ -256,6 +325,14 @@ def test_evaluate_command_prints_mota_beside_ap(tmp_path, capsys):
   assert m["Total"] == pytest.approx(100)
   out = capsys.readouterr().out
   assert "MOTA" in out and "Total" in out
+  assert m["track/MOTP_Wri"] == pytest.approx(100) and m["track/Rec_left_knee"] == 100
+  assert [line.split()[0] for line in out.splitlines() if line.split()[:1] in (
+      ["MOTP"], ["Prec"], ["Rec"])] == ["MOTP", "Prec", "Rec"]          # the per-group rows
+  # poseval's files: the total and one per sequence, per joint and in total
+  total = json.loads((tmp_path / "out/tracking/total_MOT_metrics.json").read_text())
+  seq = json.loads((tmp_path / "out/tracking/seq_MOT_metrics.json").read_text())
+  assert total["mota"][15] == pytest.approx(m["track/MOTA"]) and total["names"]["15"] == "total"
+  assert seq["pre"] == total["pre"] and len(seq["rec"]) == 16
 
 
 def test_duplicate_predicted_ids_and_large_ids_are_errors():

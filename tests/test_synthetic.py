@@ -77,13 +77,13 @@ def test_render_marks_occluded_joints():
   rng = np.random.default_rng(0)
   img, anns = synthetic.render_image(rng, 160, 120)
   assert img.shape == (120, 160, 3) and img.dtype == np.uint8
-  canvas = synthetic._Canvas(np.zeros((120, 160, 3), np.uint8))
+  canvas = synthetic.Canvas(np.zeros((120, 160, 3), np.uint8))
   joints, u = synthetic.sample_pose(np.random.default_rng(1), 100, (80, 100), 0.0)
   synthetic.draw_person(canvas, np.random.default_rng(2), joints, u, 1)
-  k = synthetic._annotate(canvas, joints, 1, 160, 120)
+  k = synthetic.annotate_joints(canvas, joints, 1, 160, 120)
   assert (k[k[:, 2] > 0, 2] == 2).all()
-  canvas.polygon([(0, 0), (160, 0), (160, 60), (0, 60)], (0, 0, 0), synthetic._OCCLUDER)
-  k2 = synthetic._annotate(canvas, joints, 1, 160, 120)
+  canvas.polygon([(0, 0), (160, 0), (160, 60), (0, 60)], (0, 0, 0), synthetic.OCCLUDER)
+  k2 = synthetic.annotate_joints(canvas, joints, 1, 160, 120)
   upper = (joints[:, 1] < 59) & (k[:, 2] > 0)
   assert upper.any() and (k2[upper, 2] == 1).all()
   # Left joints (odd ids from 1, e.g. left shoulder 5) lie right of the right ones on screen.

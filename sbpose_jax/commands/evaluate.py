@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument("--track", action="store_true",
                  help="PoseTrack18 only, with --results DIR (one tracked json per sequence, as "
-                      "`sbpose_jax.track` writes): also print poseval's MOTA table")
+                      "`sbpose_jax.track` writes): also print poseval's tracking table (MOTA, "
+                      "MOTP, precision, recall per joint group and in total) and write its "
+                      "per-joint files to OUT_DIR/tracking/")
   return p
 
 
@@ -161,15 +163,30 @@ def score_results(cfg, eval_type: str, results_file) -> dict[str, float]:
   return {k: float(v) for k, v in metrics.items()}
 
 
-def score_tracking(cfg, eval_type: str, results_dir) -> dict[str, float]:
-  """poseval's MOTA of a folder of tracked sequences, keys prefixed 'track/'."""
+def score_tracking(cfg, eval_type: str, results_dir, out_dir=None) -> dict[str, float]:
+  """poseval's tracking metrics of a folder of tracked sequences, keys prefixed 'track/'.
+
+  With `out_dir`, also writes poseval's files there (`evaluateTracking` with -s):
+  `tracking/total_MOT_metrics.json` and one `tracking/<sequence>_MOT_metrics.json` per sequence
+  (MOTA, MOTP, precision, recall per joint and in total).
+  """
   from sbpose_jax.evaluators import posetrack_mota  # why: scipy: not for --help
   if eval_type != "posetrack18":
     raise ValueError(f"--track needs a PoseTrack18 config, this one evaluates {eval_type!r}")
   if not os.path.isdir(results_dir):
     raise ValueError(f"--track: --results must be a folder of per-sequence jsons: {results_dir}")
   gt = evaluators.EVALUATORS[eval_type].ground_truth(cfg.data)["gt_folder"]
-  return {f"track/{k}": v for k, v in posetrack_mota.score_folders(gt, str(results_dir)).items()}
+  seqs = posetrack_mota.read_folders(gt, str(results_dir))
+  total = posetrack_mota.finalize(posetrack_mota.accumulate(seqs))
+  if out_dir is not None:
+    folder = pathlib.Path(out_dir) / "tracking"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"total": total, **{name.split(".")[0]: m for name, m in
+                                posetrack_mota.evaluate_per_sequence(seqs).items()}}
+    for name, m in files.items():
+      (folder / f"{name}_MOT_metrics.json").write_text(
+          json.dumps(posetrack_mota.poseval_json(m), indent=1))
+  return {f"track/{k}": v for k, v in posetrack_mota.table(total).items()}
 
 
 def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
@@ -192,7 +209,7 @@ def _command(args, overrides, out: dict) -> int:
   if args.results:
     metrics = score_results(cfg, eval_type, args.results)
     if args.track:
-      metrics.update(score_tracking(cfg, eval_type, args.results))
+      metrics.update(score_tracking(cfg, eval_type, args.results, args.out_dir))
   else:
     metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
                              progress=not args.quiet)

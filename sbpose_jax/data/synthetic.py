@@ -44,7 +44,7 @@ import numpy as np
 from sbpose_jax import keypoints
 
 _INFO = keypoints.COCO
-_OCCLUDER = 255  # owner-map value of occluder rectangles; person p is p + 1
+OCCLUDER = 255  # owner-map value of occluder rectangles; person p is p + 1
 _JPEG_QUALITY = 90
 _SUBPIXEL_BITS = 4
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
@@ -113,7 +113,7 @@ def _fixed(p) -> tuple[int, int]:
   return int(round(p[0] * _SUBPIXEL)), int(round(p[1] * _SUBPIXEL))
 
 
-class _Canvas:
+class Canvas:
   """A BGR image plus an owner map (0 background, p+1 person p, 255 occluder)."""
 
   def __init__(self, image: np.ndarray):
@@ -148,13 +148,40 @@ _SKIN = np.array([[60, 90, 140], [90, 130, 190], [120, 170, 225], [40, 60, 95], 
                  np.float64)
 
 
-def draw_person(canvas: _Canvas, rng, joints: np.ndarray, u: float, owner: int) -> None:
-  """Draws one person (legs, torso, arms, head, in that order) onto `canvas`."""
+def sample_colours(rng) -> dict[str, np.ndarray]:
+  """One person's look: shirt, pants, skin, shoe, hair, each a (3,) float BGR colour."""
   shirt, pants = _colour(rng), _colour(rng)
   skin = _SKIN[rng.integers(len(_SKIN))] + rng.uniform(-15, 15, 3)
   shoe = _colour(rng, 0, 70)
+  hair = _colour(rng, 0, 120)
+  return {"shirt": shirt, "pants": pants, "skin": skin, "shoe": shoe, "hair": hair}
+
+
+def draw_person(canvas: Canvas, rng, joints: np.ndarray, u: float, owner: int) -> None:
+  """Draws one person (legs, torso, arms, head, in that order) onto `canvas`, in colours drawn
+  from `rng`."""
+  draw_body(canvas, joints, u, owner, sample_colours(rng))
+
+
+def draw_body(canvas: Canvas, joints: np.ndarray, u: float, owner: int,
+              colours: dict[str, np.ndarray], left_first: bool = True) -> None:
+  """Draws one person of `colours` (see `sample_colours`) onto `canvas`.
+
+  Args:
+    canvas: the image and owner map drawn into.
+    joints: (17, 2) image xy in COCO order; u: the body unit in pixels (height / 7.5).
+    owner: the owner-map value of this person.
+    colours: the person's look.
+    left_first: draw the left legs and arms before the right ones (the left side further from
+      the camera; False for a person turned to show the left side).
+  """
+  shirt, pants, skin, shoe = (colours[k] for k in ("shirt", "pants", "skin", "shoe"))
   dark = 0.72  # left limbs darker
-  for (hp, kn, an), shade in (((11, 13, 15), dark), ((12, 14, 16), 1.0)):
+  legs = (((11, 13, 15), dark), ((12, 14, 16), 1.0))
+  arms = (((5, 7, 9), dark), ((6, 8, 10), 1.0))
+  if not left_first:
+    legs, arms = legs[::-1], arms[::-1]
+  for (hp, kn, an), shade in legs:
     c = _tuple(pants * shade)
     canvas.line(joints[hp], joints[kn], c, 0.62 * u, owner)
     canvas.line(joints[kn], joints[an], c, 0.5 * u, owner)
@@ -164,7 +191,7 @@ def draw_person(canvas: _Canvas, rng, joints: np.ndarray, u: float, owner: int) 
   canvas.polygon(torso, _tuple(shirt), owner)
   neck = (joints[5] + joints[6]) / 2
   canvas.line(neck, (joints[3] + joints[4]) / 2, _tuple(skin * 0.9), 0.35 * u, owner)
-  for (sh, el, wr), shade in (((5, 7, 9), dark), ((6, 8, 10), 1.0)):
+  for (sh, el, wr), shade in arms:
     c = _tuple(shirt * shade * 0.92)
     canvas.circle(joints[sh], 0.3 * u, c, owner)
     canvas.line(joints[sh], joints[el], c, 0.42 * u, owner)
@@ -175,15 +202,14 @@ def draw_person(canvas: _Canvas, rng, joints: np.ndarray, u: float, owner: int) 
   canvas.circle(joints[3], 0.14 * u, _tuple(skin * 0.8), owner)
   canvas.circle(joints[4], 0.14 * u, _tuple(skin * 0.8), owner)
   canvas.circle(head, 0.5 * u, _tuple(skin), owner)
-  hair = _colour(rng, 0, 120)
   top = head + (head - joints[0]) * 0.9
-  canvas.circle(top, 0.3 * u, _tuple(hair), owner)
+  canvas.circle(top, 0.3 * u, _tuple(colours["hair"]), owner)
   for e in (1, 2):
     canvas.circle(joints[e], 0.07 * u, (20.0, 20.0, 20.0), owner)
   canvas.circle(joints[0], 0.08 * u, _tuple(skin * 0.6 + [0, 0, 60]), owner)
 
 
-def _background(rng, width: int, height: int) -> np.ndarray:
+def background(rng, width: int, height: int) -> np.ndarray:
   """Gradient + low-frequency noise + random shapes and limb-like sticks (clutter)."""
   a, b = _colour(rng, 0, 255), _colour(rng, 0, 255)
   t = np.linspace(0, 1, height)[:, None, None] if rng.random() < 0.5 else \
@@ -228,16 +254,17 @@ def _sample_people(rng, width, height):
   return people
 
 
-def _occluders(canvas: _Canvas, rng, width, height):
+def _occluders(canvas: Canvas, rng, width, height):
   for _ in range(rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15])):
     wh = rng.uniform(0.08, 0.3, 2) * [width, height]
     p = rng.uniform(0, 1, 2) * [width, height]
     pts = [p, p + [wh[0], 0], p + wh, p + [0, wh[1]]]
-    canvas.polygon(pts, _tuple(_colour(rng, 0, 255)), _OCCLUDER)
+    canvas.polygon(pts, _tuple(_colour(rng, 0, 255)), OCCLUDER)
 
 
-def _annotate(canvas: _Canvas, joints, person: int, width: int, height: int):
-  """(17, 3) COCO keypoints of one person; v from the final owner map."""
+def annotate_joints(canvas: Canvas, joints, person: int, width: int, height: int):
+  """(17, 3) COCO keypoints of one person from its (17, 2) image xy: v = 2 where the final owner
+  map shows `person`, 1 where something else covers it, (0, 0, 0) outside the image."""
   kpts = np.zeros((17, 3))
   inside = ((joints[:, 0] >= 0) & (joints[:, 0] <= width - 1) &
             (joints[:, 1] >= 0) & (joints[:, 1] <= height - 1))
@@ -250,7 +277,7 @@ def _annotate(canvas: _Canvas, joints, person: int, width: int, height: int):
 
 def render_image(rng: np.random.Generator, width: int, height: int):
   """Renders one image. Returns (BGR uint8 (H, W, 3), list of (keypoints (17, 3), bbox xywh))."""
-  canvas = _Canvas(_background(rng, width, height))
+  canvas = Canvas(background(rng, width, height))
   people = _sample_people(rng, width, height)
   full_masks = []
   for p, (joints, u) in enumerate(people):
@@ -259,15 +286,25 @@ def render_image(rng: np.random.Generator, width: int, height: int):
   _occluders(canvas, rng, width, height)
   anns = []
   for p, (joints, _) in enumerate(people):
-    kpts = _annotate(canvas, joints, p + 1, width, height)
-    # Box = extent of the person as drawn (amodal: parts hidden by later layers still count),
-    # like COCO boxes, which cover the whole visible-or-inferable person.
-    ys, xs = np.nonzero(full_masks[p])
-    if len(xs) == 0:
-      continue
-    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    anns.append((kpts, np.array([x0, y0, x1 - x0, y1 - y0], np.float64)))
+    kpts = annotate_joints(canvas, joints, p + 1, width, height)
+    box = mask_box(full_masks[p])
+    if box is not None:
+      anns.append((kpts, box))
   return canvas.image, anns
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray | None:
+  """(H, W) bool → the (4,) xywh box around it, None when it is empty.
+
+  Given the mask of a person as drawn before later layers cover it, this is the amodal box
+  (parts hidden by later layers still count), like COCO boxes, which cover the whole
+  visible-or-inferable person.
+  """
+  ys, xs = np.nonzero(mask)
+  if len(xs) == 0:
+    return None
+  x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+  return np.array([x0, y0, x1 - x0, y1 - y0], np.float64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,7 +314,8 @@ def _split_seed(seed: int, split: str) -> int:
   return zlib.crc32(split.encode()) ^ (seed * 2654435761 % 2**32)
 
 
-def _categories():
+def categories() -> list[dict]:
+  """The COCO person category with its 17 joint names and skeleton (1-based)."""
   return [{"supercategory": "person", "id": 1, "name": "person",
            "keypoints": list(_INFO.joint_names),
            "skeleton": [[a + 1, b + 1] for a, b in _INFO.skeleton]}]
@@ -311,7 +349,7 @@ def _write_split(out: pathlib.Path, split: str, num: int, seed: int, image_size,
                    "score": round(float(rng.uniform(0.5, 1.0)), 4)})
   coco = {"info": {"description": f"sbpose_jax synthetic people, split {split}, seed {seed}",
                    "version": str(FORMAT_VERSION)},
-          "images": images, "annotations": anns, "categories": _categories()}
+          "images": images, "annotations": anns, "categories": categories()}
   (out / "annotations").mkdir(exist_ok=True)
   with open(out / "annotations" / f"person_keypoints_{split}.json", "w") as f:
     json.dump(coco, f)

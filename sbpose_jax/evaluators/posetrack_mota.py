@@ -37,6 +37,8 @@ from sbpose_jax.evaluators.posetrack import COLUMNS, POSEVAL_JOINTS, drop_ignore
 NJ = len(POSEVAL_JOINTS)
 DIST_THRESH = 0.5
 MAX_TRACK_ID = 10000      # poseval asserts track ids below this (it offsets them per sequence)
+# poseval's `Joint().name` (eval_helpers.py): PoseTrack18's head_bottom is its "neck"
+POSEVAL_NAMES = tuple("neck" if n == "head_bottom" else n for n in POSEVAL_JOINTS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,23 +228,35 @@ def frame_joint_events(gt: list[dict], pr: list[dict]):
 # Totals and the table
 # ----------------------------------------------------------------------------------------------
 
+COUNTS = ("num_misses", "num_switches", "num_false_positives", "num_objects", "num_detections",
+          "sumD")
+METRICS = (("mota", "MOTA"), ("motp", "MOTP"), ("pre", "Prec"), ("rec", "Rec"))
+
+
+def sequence_counts(gt: list[dict], pr: list[dict], name: str) -> dict[str, np.ndarray]:
+  """One sequence's per-joint counts (motmetrics' mid-level metrics and sumD), each (15,)."""
+  accs = [ClearMot() for _ in range(NJ)]
+  for gp, pp in prepare_sequence(gt, pr, name):
+    for j, (o, h, d) in enumerate(frame_joint_events(gp, pp)):
+      accs[j].update(o, h, d)
+  return {k: np.asarray([acc.counts[k] for acc in accs], np.float64) for k in COUNTS}
+
+
 def accumulate(sequences) -> dict[str, np.ndarray]:
   """[(gt frames, pr frames, name)] → pooled per-joint counts, each (15,)."""
-  tot = {k: np.zeros(NJ) for k in ("num_misses", "num_switches", "num_false_positives",
-                                    "num_objects", "num_detections", "sumD")}
+  tot = {k: np.zeros(NJ) for k in COUNTS}
   for gt, pr, name in sequences:
-    accs = [ClearMot() for _ in range(NJ)]
-    for gp, pp in prepare_sequence(gt, pr, name):
-      for j, (o, h, d) in enumerate(frame_joint_events(gp, pp)):
-        accs[j].update(o, h, d)
-    for j, acc in enumerate(accs):
-      for k, v in acc.counts.items():
-        tot[k][j] += v
+    for k, v in sequence_counts(gt, pr, name).items():
+      tot[k] += v
   return tot
 
 
 def finalize(tot: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """computeMetrics' last part → mota, motp, pre, rec: (16,) each, [15] = Total."""
+  """computeMetrics' last part → mota, motp, pre, rec: (16,) each, [15] = Total.
+
+  The same formulas serve poseval's totals (counts pooled over sequences) and its per-sequence
+  files (`bSaveSeq`, one sequence's counts): per joint, then Total = mean of the non-NaN joints.
+  """
   with np.errstate(divide="ignore", invalid="ignore"):
     n_obj = np.where(tot["num_objects"] > 0, tot["num_objects"], np.nan)
     n_det, n_fp = tot["num_detections"], tot["num_false_positives"]
@@ -262,26 +276,62 @@ def evaluate_sequences(sequences) -> dict[str, float]:
   return table(finalize(accumulate(sequences)))
 
 
+def evaluate_per_sequence(sequences) -> dict[str, dict[str, np.ndarray]]:
+  """[(gt frames, pr frames, name)] → {name: finalize(that sequence's counts)} (poseval's
+  `<seq>_MOT_metrics.json`, written with `-s`)."""
+  return {name: finalize(sequence_counts(gt, pr, name)) for gt, pr, name in sequences}
+
+
+def _group_mean(v: np.ndarray, ids) -> float:
+  # why: a plain mean as poseval's getCum: one NaN joint makes its group NaN
+  return float(np.mean(v[list(ids)]))
+
+
 def table(m: dict[str, np.ndarray]) -> dict[str, float]:
-  """poseval's printed row (MOTA per joint group, Total MOTA, MOTP, Prec, Rec) + per joint."""
-  out = {f"MOTA_{name}": float(np.mean(m["mota"][list(ids)])) for name, ids in COLUMNS}
-  out.update(MOTA=float(m["mota"][NJ]), MOTP=float(m["motp"][NJ]),
-             Prec=float(m["pre"][NJ]), Rec=float(m["rec"][NJ]))
-  for j, n in enumerate(POSEVAL_JOINTS):
-    out[f"MOTA_{n}"] = float(m["mota"][j])
+  """Every figure of poseval's `evaluateTracking`, flat.
+
+  For each metric X in MOTA, MOTP, Prec, Rec: `X` (Total: the mean of the non-NaN joints, what
+  poseval prints), `X_<group>` (Head, Shou, ... as poseval's getCum groups the joints) and
+  `X_<joint>` for the 15 poseval joints (what it writes to `total_MOT_metrics.json`).
+  """
+  out = {}
+  for key, label in METRICS:
+    v = m[key]
+    out[label] = float(v[NJ])
+    out.update({f"{label}_{name}": _group_mean(v, ids) for name, ids in COLUMNS})
+    out.update({f"{label}_{n}": float(v[j]) for j, n in enumerate(POSEVAL_JOINTS)})
+  return out
+
+
+def poseval_json(m: dict[str, np.ndarray]) -> dict:
+  """`finalize`'s arrays in the layout of poseval's `total_MOT_metrics.json` and of its
+  per-sequence `<seq>_MOT_metrics.json` (evaluateTracking.py): {mota, motp, pre, rec: 16 floats
+  (NaN where poseval has NaN), names: {"0": "right_ankle", ..., "14": "head_top", "15":
+  "total"}}."""
+  out = {k: [float(x) for x in m[k]] for k, _ in METRICS}
+  out["names"] = {str(j): n for j, n in enumerate(POSEVAL_NAMES)} | {str(NJ): "total"}
   return out
 
 
 def format_table(t: dict[str, float]) -> str:
-  """Two lines as poseval prints them: the MOTA groups and the totals."""
+  """poseval's printed MOT row (MOTA per joint group, Total MOTA, MOTP, Prec, Rec), then the
+  four metrics per joint group and in total, one line each."""
   cols = [f"MOTA_{name}" for name, _ in COLUMNS] + ["MOTA", "MOTP", "Prec", "Rec"]
   head = " | ".join(f"{c.replace('MOTA_', ''):>6}" for c in cols)
   row = " | ".join(f"{t[c]:6.1f}" for c in cols)
-  return f"{head}\n{row}"
+  lines = [head, row]
+  if all(f"{label}_{name}" in t for _, label in METRICS for name, _ in COLUMNS):
+    groups = [name for name, _ in COLUMNS] + ["Total"]
+    lines.append(f"{'':>6} | " + " | ".join(f"{g:>6}" for g in groups))
+    for _, label in METRICS:
+      vals = [t[f"{label}_{g}"] for g in groups[:-1]] + [t[label]]
+      lines.append(f"{label:>6} | " + " | ".join(f"{v:6.1f}" for v in vals))
+  return "\n".join(lines)
 
 
-def score_folders(gt_folder: str, pred_folder: str) -> dict[str, float]:
-  """Every GT sequence json in `gt_folder` against the file of the same name in `pred_folder`."""
+def read_folders(gt_folder: str, pred_folder: str) -> list[tuple[list, list, str]]:
+  """Every GT sequence json in `gt_folder` and the file of the same name in `pred_folder` →
+  [(gt frames, pr frames, file name)], sorted by name (poseval's load_data_dir)."""
   gt_files = sorted(glob.glob(os.path.join(gt_folder, "*.json")))
   if not gt_files:
     raise FileNotFoundError(f"no PoseTrack18 ground-truth sequence files (*.json) in {gt_folder}")
@@ -295,7 +345,12 @@ def score_folders(gt_folder: str, pred_folder: str) -> dict[str, float]:
     gt = parse_sequence(_load(path, "ground-truth sequence"), path, predictions=False)
     pr = parse_sequence(_load(pred_path, "prediction sequence"), pred_path)
     seqs.append((gt, pr, name))
-  return evaluate_sequences(seqs)
+  return seqs
+
+
+def score_folders(gt_folder: str, pred_folder: str) -> dict[str, float]:
+  """Every GT sequence json in `gt_folder` against the file of the same name in `pred_folder`."""
+  return evaluate_sequences(read_folders(gt_folder, pred_folder))
 
 
 def score_sequence(gt_path: str, results_path) -> dict[str, float]:
@@ -325,4 +380,3 @@ def format_scores(m: dict[str, float]) -> str:
   ap = " | ".join(f"{k[3:]:>6}" for k in m if k.startswith("AP_"))
   ap_v = " | ".join(f"{v:6.1f}" for k, v in m.items() if k.startswith("AP_"))
   return f"AP (per joint group)\n{ap}\n{ap_v}\nMOTA\n{format_table(m)}"
-
