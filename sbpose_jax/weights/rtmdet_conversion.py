@@ -125,11 +125,17 @@ def infer_arch(sd: Mapping[str, np.ndarray]) -> rtmdet.RTMDetArch:
   width = int(sd["backbone.stem.2.conv.weight"].shape[0])
   blocks = tuple(_count(sd, rf"backbone\.stage{s}\.{2 if s == 4 else 1}\.blocks\.(\d+)\.")
                  for s in range(1, 5))
-  size = next((a for a in rtmdet.SIZES.values()
-               if int(64 * a.widen_factor) == width and blocks == tuple(
-                   rtmdet.cspnext.num_blocks(n, a.deepen_factor)
-                   for _, _, n, _, _ in rtmdet.cspnext.ARCH_P5)), None)
-  if size is None:
+  depthwise = "backbone.stage1.0.depthwise_conv.conv.weight" in sd
+  sizes = [a for a in rtmdet.SIZES.values() if a.depthwise == depthwise and blocks == tuple(
+      rtmdet.cspnext.num_blocks(n, a.deepen_factor) for _, _, n, _, _ in rtmdet.cspnext.ARCH_P5)]
+  exact = [a for a in sizes if int(64 * a.widen_factor) == width]
+  if exact:
+    size = exact[0]
+  elif len(sizes) == 1:
+    # A width no published size has (a thinner model of a published depth, e.g. in tests):
+    # the block counts name the size and its options; every shape is checked by the table.
+    size = dataclasses.replace(sizes[0], widen_factor=width / 64)
+  else:
     raise ConvertError(f"stem width {width} and CSP blocks per stage {blocks} match no "
                        f"published RTMDet size ({', '.join(rtmdet.SIZES)})")
   head_dw = "bbox_head.cls_convs.0.0.depthwise_conv.conv.weight" in sd
@@ -139,8 +145,7 @@ def infer_arch(sd: Mapping[str, np.ndarray]) -> rtmdet.RTMDetArch:
       for b in ("cls", "reg") for n in range(1, len(rtmdet.STRIDES))
       for i in range(rtmdet.STACKED_CONVS))
   return dataclasses.replace(
-      size, depthwise="backbone.stage1.0.depthwise_conv.conv.weight" in sd,
-      head_depthwise=head_dw, share_conv=share,
+      size, depthwise=depthwise, head_depthwise=head_dw, share_conv=share,
       num_classes=int(sd["bbox_head.rtm_cls.0.weight"].shape[0]))
 
 
