@@ -1,4 +1,5 @@
-"""Models: `build(config.model, num_joints)` -> a PoseResNet."""
+"""Models: `build(config.model, num_joints)` -> a PoseResNet; `RTMDet` (models/rtmdet.py), the
+person detector, with its size table `RTMDET_SIZES`."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -7,8 +8,11 @@ import jax.numpy as jnp
 
 from sbpose_jax.models.pose_resnet import PoseResNet, export_form, is_head_key
 from sbpose_jax.models.resnet import DEPTHS, ResNet
+from sbpose_jax.models.rtmdet import SIZES as RTMDET_SIZES
+from sbpose_jax.models.rtmdet import RTMDet, RTMDetArch
 
-__all__ = ["PoseResNet", "ResNet", "DEPTHS", "build", "export_form", "is_head_key"]
+__all__ = ["PoseResNet", "ResNet", "DEPTHS", "build", "export_form", "is_head_key", "RTMDet",
+           "RTMDetArch", "RTMDET_SIZES"]
 
 
 def build(model_config: Mapping[str, Any], num_joints: int, *, precision: Any = None,

@@ -75,6 +75,10 @@ def extract_state_dict(obj: Any) -> dict[str, np.ndarray]:
 def split_layout(sd: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
   """(layout, state dict with the bare PoseResNet names)."""
   keys = set(sd)
+  if any(k.startswith("bbox_head.rtm_cls.") for k in keys):
+    raise ConvertError("an RTMDet detector checkpoint (bbox_head.rtm_cls.* keys), not a pose "
+                       "model: convert it with `python -m sbpose_jax.convert FILE OUT_DIR`, "
+                       "which writes a saved detector")
   if any(k.startswith("backbone.") for k in keys):
     heads = {p for p in ("keypoint_head.", "head.") if any(k.startswith(p) for k in keys)}
     if len(heads) > 1:
@@ -189,9 +193,10 @@ def to_variables(bare: Mapping[str, np.ndarray], meta: saved_model.ModelMeta) ->
 # --- Whole files ------------------------------------------------------------------------------
 
 
-def verify_name_hash(path: pathlib.Path) -> None:
-  """MMPose names files `<name>-<sha256[:8]>_<date>.pth`; check it when the name has one."""
-  m = MMPOSE_NAME.search(path.name)
+def verify_name_hash(path: pathlib.Path, pattern: re.Pattern = MMPOSE_NAME) -> None:
+  """MMPose names files `<name>-<sha256[:8]>_<date>.pth` (`pattern`'s group 1 is the prefix;
+  MMDetection's detectors end in `-<sha256[:8]>.pth`); check it when the name has one."""
+  m = pattern.search(path.name)
   if not m:
     return
   digest = hashlib.sha256()

@@ -81,6 +81,13 @@ class ModelMeta:
   def from_json(cls, text: str, where: str = META_FILE) -> "ModelMeta":
     try:
       data = json.loads(text)
+    except ValueError as e:
+      raise ValueError(f"{where}: not a valid model description ({e})") from None
+    if isinstance(data, dict) and data.get("kind") == "detector":
+      # A saved detector (weights/rtmdet_conversion.py) where a pose model was expected.
+      raise ValueError(f"{where}: an RTMDet person detector "
+                       f"(RTMDet-{data.get('arch', {}).get('size', '?')}), not a pose model")
+    try:
       known = {f.name for f in dataclasses.fields(cls)}
       return cls(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError) as e:

@@ -173,9 +173,14 @@ def load_model(path: str | os.PathLike) -> tuple[dict, ModelMeta]:
   if not is_saved_model(directory):
     raise ValueError(f"{path}: not a saved model (no {META_FILE} + {VARIABLES_DIR}/)")
   meta = read_meta(directory)
+  return restore_variables(directory), meta
+
+
+def restore_variables(path: str | os.PathLike) -> dict:
+  """The `variables/` of a saved model (pose or detector) as numpy trees, on the host."""
+  directory = pathlib.Path(path).absolute()
   with ocp.StandardCheckpointer() as ckptr:
     tree = _metadata_tree(ckptr, directory / VARIABLES_DIR)
     # A numpy target restores on the host whatever devices/sharding the saver had.
     target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
-    variables = ckptr.restore(directory / VARIABLES_DIR, target)
-  return dict(variables), meta
+    return dict(ckptr.restore(directory / VARIABLES_DIR, target))
