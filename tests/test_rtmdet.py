@@ -122,8 +122,8 @@ def test_pose_and_detector_files_are_told_apart(tmp_path):
   """A pose checkpoint where a detector is expected (and the reverse): one line naming it."""
   pose_src = tmp_path / "pose.pth"
   pose_ref.save(pose_ref.PoseResNet(18, 17), "mm0", "zip", pose_src)
-  with pytest.raises(conversion.ConvertError,
-                     match=r"pose checkpoint \(mmpose0: ResNet-18, 17 joints\), not an RTMDet") as e:
+  expected = r"pose checkpoint \(mmpose0: ResNet-18, 17 joints\), not an RTMDet"
+  with pytest.raises(conversion.ConvertError, match=expected) as e:
     rtmdet_conversion.load_pth(pose_src)
   assert "\n" not in str(e.value)
   torch_model, _, _ = _tiny("nano")
