@@ -16,7 +16,7 @@ import pytest
 from sbpose_jax.commands import scripts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "evaluate", "predict", "track", "export", "pack", "convert")
+COMMANDS = ("train", "evaluate", "predict", "track", "export", "pack", "convert", "synthesize")
 
 
 def _declared() -> dict[str, str]:

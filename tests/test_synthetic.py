@@ -112,3 +112,19 @@ def test_ensure_from_config(tmp_path):
   root = synthetic.ensure_from_config(cfg)
   assert (root / "annotations" / "person_keypoints_val.json").is_file()
   assert len(list((root / "train").glob("*.jpg"))) == 2
+
+
+def test_synthesize_command_writes_people_and_videos(tmp_path, capsys):
+  """`python -m sbpose_jax.synthesize`: both kinds, deterministic, one summary line."""
+  from sbpose_jax.commands import synthesize  # why: only this test runs the command
+  assert synthesize.main(["people", "--out", str(tmp_path / "p"), "--num-train", "2",
+                          "--num-val", "1", "--width", "96", "--height", "64"]) == 0
+  assert "wrote 2+1 images" in capsys.readouterr().err
+  assert len(list((tmp_path / "p" / "train").glob("*.jpg"))) == 2
+  assert synthesize.main(["videos", "--out", str(tmp_path / "v"), "--clips", "1",
+                          "--frames", "3", "--people", "2", "--stills-train", "1",
+                          "--width", "96", "--height", "64"]) == 0
+  assert "wrote 1 clips, 1+0 stills" in capsys.readouterr().err
+  assert any((tmp_path / "v" / "clips").rglob("*.mp4"))
+  with pytest.raises(SystemExit):       # argparse: --out is required
+    synthesize.main(["people"])

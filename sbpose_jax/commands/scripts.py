@@ -47,3 +47,8 @@ def pack() -> int:
 def convert() -> int:
   from sbpose_jax.commands.convert import main  # why: see above
   return _status(main())
+
+
+def synthesize() -> int:
+  from sbpose_jax.commands.synthesize import main  # why: see above
+  return _status(main())

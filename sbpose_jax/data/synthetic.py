@@ -29,7 +29,6 @@ made in parallel or extended without changing the images already made.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -433,21 +432,3 @@ def _check_existing(root: pathlib.Path, want: dict) -> pathlib.Path:
     raise ValueError(f"{marker} was generated with {have}, but {want} was asked for; "
                      "delete the folder to regenerate it")
   return root
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--num-train", type=int, default=1000)
-  p.add_argument("--num-val", type=int, default=200)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--width", type=int, default=256)
-  p.add_argument("--height", type=int, default=192)
-  a = p.parse_args(argv)
-  t = time.perf_counter()
-  generate(a.out, {"train": a.num_train, "val": a.num_val}, a.seed, (a.width, a.height))
-  print(f"wrote {a.num_train}+{a.num_val} images to {a.out} in {time.perf_counter() - t:.1f} s")
-
-
-if __name__ == "__main__":
-  main()

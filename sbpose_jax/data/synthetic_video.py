@@ -40,7 +40,6 @@ frames and json, byte for byte with one OpenCV build.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -455,31 +454,3 @@ def ensure(root, kind: str, **params) -> pathlib.Path:
     raise ValueError(f"{marker} was generated with {have}, but {want} was asked for; delete "
                      "the folder to regenerate it")
   return root
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--clips", type=int, default=4, help="validation clips (0: none)")
-  p.add_argument("--stills-train", type=int, default=0, help="detector training stills")
-  p.add_argument("--stills-val", type=int, default=0, help="detector validation stills")
-  p.add_argument("--frames", type=int, default=100)
-  p.add_argument("--people", type=int, default=4)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--width", type=int, default=320)
-  p.add_argument("--height", type=int, default=240)
-  p.add_argument("--keypoint-format", choices=("posetrack18", "coco"), default="posetrack18")
-  a = p.parse_args(argv)
-  t = time.perf_counter()
-  size = (a.width, a.height)
-  if a.clips:
-    generate_clips(pathlib.Path(a.out) / "clips", {"val": a.clips}, a.seed, size, a.frames,
-                   a.people, keypoint_format=a.keypoint_format)
-  if a.stills_train or a.stills_val:
-    generate_stills(pathlib.Path(a.out) / "stills",
-                    {"train": a.stills_train, "val": a.stills_val}, a.seed, size, a.frames)
-  print(f"wrote to {a.out} in {time.perf_counter() - t:.1f} s")
-
-
-if __name__ == "__main__":
-  main()
