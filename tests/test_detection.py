@@ -3,6 +3,7 @@ PyTorch implementation of MMDetection's (tests/torch_rtmdet_reference.py), on th
 images, with weights whose scores pass the threshold so that NMS has overlapping boxes to
 resolve."""
 import dataclasses
+import functools
 import math
 import pathlib
 
@@ -39,6 +40,7 @@ def _calibrate(torch_model, images, size: int, passing: float = 0.08):
   (whose order is float noise) and boxes thousands of pixels wide (where float32 itself, in
   torch as here, is off by more than 1e-3 px)."""
   x, _ = ref.preprocess(images, size)
+  ref.fit_batchnorm(torch_model, x)
   head = torch_model.bbox_head
   raw = {}
   hooks = [conv.register_forward_hook(lambda mod, inp, out, key=key: raw.__setitem__(key, out))
@@ -62,18 +64,26 @@ def _calibrate(torch_model, images, size: int, passing: float = 0.08):
   return torch_model
 
 
-@pytest.fixture(params=["nano", "m"])
-def models(request, fixtures_dir):
-  """(torch model, variables, arch, settings) of a tiny nano- or m-shaped RTMDet whose scores
-  pass the threshold on the fixture images (nms_pre 30: the per-level top k binds)."""
-  size = request.param
+@functools.lru_cache(maxsize=2)
+def _models(size: str, fixtures: str):
   settings = dataclasses.replace(rtmdet.PERSON_SETTINGS, input_size=SIZE[size], nms_pre=30)
-  torch_model = _calibrate(ref.randomize(ref.build(size, widen=TINY_WIDEN), seed=3),
-                           _images(fixtures_dir), settings.input_size)
+  images = _images(pathlib.Path(fixtures))
+  torch_model = _calibrate(ref.randomize(ref.build(size, widen=TINY_WIDEN), seed=3), images,
+                           settings.input_size)
   sd = {k: v.numpy() for k, v in torch_model.state_dict().items()
         if not k.endswith("num_batches_tracked")}
   arch = rtmdet_conversion.infer_arch(sd)
-  return torch_model, rtmdet_conversion.to_variables(sd, arch), arch, settings
+  want = ref.detect(torch_model, images, settings.input_size,
+                    dict(ref.PERSON_CFG, nms_pre=settings.nms_pre))
+  return want, rtmdet_conversion.to_variables(sd, arch), arch, settings
+
+
+@pytest.fixture(params=["nano", "m"])
+def models(request, fixtures_dir):
+  """(the reference's detections on `_images`, variables, arch, settings) of a tiny nano- or
+  m-shaped RTMDet whose scores pass the threshold on the fixture images (nms_pre 30: the
+  per-level top k binds). Built once per size."""
+  return _models(request.param, str(fixtures_dir))
 
 
 def test_prepare_is_mmcv_imrescale_and_impad_bit_for_bit(fixtures_dir):
@@ -148,16 +158,14 @@ def _near_threshold_pairs(boxes: np.ndarray, thr: float, tol: float = 1e-4) -> b
 def test_detections_equal_mmdetection(models, fixtures_dir):
   """Before NMS: the same candidates, boxes within 1e-3 px, scores within 1e-5; after NMS the
   same boxes in the same order (unless an IoU lies within 1e-4 of the threshold)."""
-  torch_model, variables, arch, settings = models
+  want, variables, arch, settings = models
   images = _images(fixtures_dir)
-  cfg = dict(ref.PERSON_CFG, nms_pre=settings.nms_pre)
-  want = ref.detect(torch_model, images, settings.input_size, cfg)
   prepared = [detection.prepare(img, settings) for img in images]
-  spec = detection.DetectSpec(arch, settings, "float32", input_colour="bgr")
+  spec = detection.DetectSpec(arch, settings, "float32")
   args = (variables, np.stack([p.padded for p in prepared]),
           np.stack([p.valid_hw for p in prepared]), np.stack([p.scale_factor for p in prepared]))
-  both = jax.jit(lambda *a: (detection.candidates(*a, spec), detection.detect_batch(*a, spec)))
-  cand, (boxes, scores, count) = jax.device_get(both(*args))
+  cand = detection.candidates(*args, spec)
+  cand, (boxes, scores, count) = jax.device_get((cand, detection.select(cand, spec)))
   total_kept = 0
   for i, w in enumerate(want):
     valid = cand["valid"][i]
@@ -178,27 +186,29 @@ def test_detections_equal_mmdetection(models, fixtures_dir):
     # Descending scores; boxes whose scores agree to 1e-5 may come in either order.
     np.testing.assert_allclose(scores[i, :n], w["scores"].numpy(), atol=1e-5, rtol=0)
     total_kept += n
-  # Real work for NMS: boxes kept in every image, and more suppressed than kept.
-  assert total_kept >= len(images) and cand["valid"].sum() > 2 * total_kept
+  # Real work for NMS: boxes kept in every image, and a third of the candidates suppressed.
+  assert total_kept >= len(images) and cand["valid"].sum() > 1.5 * total_kept
 
 
-def test_detector_object_and_empty_images(models, fixtures_dir, tmp_path):
-  """Detector(images) = detect_batch per image, batched to compiled sizes; RGB input is the
-  BGR result; an image with no person gives an empty result; a pose model is refused."""
-  torch_model, variables, arch, settings = models
-  images = _images(fixtures_dir)[:3]
+def test_detector_object_and_empty_images(models, fixtures_dir):
+  """Detector(images) gives the reference's boxes for RGB input (and the BGR flag), in one
+  compiled batch; weights that find nobody give empty results, not errors."""
+  want, variables, arch, settings = models
+  images = _images(fixtures_dir)
   meta = rtmdet_conversion.DetectorMeta(arch=arch, settings=settings)
-  det = detection.Detector(variables, meta, batch_sizes=(2,))
+  det = detection.Detector(variables, meta, batch_sizes=(len(images),))
   got = det([img[..., ::-1] for img in images])
-  want = ref.detect(torch_model, images, settings.input_size,
-                    dict(ref.PERSON_CFG, nms_pre=settings.nms_pre))
-  assert len(got) == 3
+  assert len(got) == len(images)
   for g, w in zip(got, want):
     assert _same_boxes(g.boxes, w["bboxes"].numpy())
-  quiet = detection.Detector(variables, dataclasses.replace(
-      meta, settings=dataclasses.replace(settings, score_thr=0.9999)), batch_sizes=(2,))
-  empty = quiet([images[0]])
-  assert empty[0].boxes.shape == (0, 4) and empty[0].scores.shape == (0,)
+  again = det(images[:2], colour="bgr")
+  np.testing.assert_array_equal(again[1].boxes, got[1].boxes)
+  # The same program with every classifier bias at -30: no score passes anywhere.
+  quiet = jax.tree_util.tree_map_with_path(
+      lambda path, v: v - 30.0 if "rtm_cls" in jax.tree_util.keystr(path) and v.ndim == 1 else v,
+      variables)
+  nobody = detection.Detector(quiet, meta, batch_sizes=(len(images),))(images)
+  assert all(n.boxes.shape == (0, 4) and n.scores.shape == (0,) for n in nobody)
 
 
 def test_load_refuses_a_pose_model(tmp_path):

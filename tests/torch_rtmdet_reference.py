@@ -276,6 +276,24 @@ def randomize(model: nn.Module, seed: int = 0, cls_bias: float = -2.0) -> nn.Mod
   return model
 
 
+def fit_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+  """Sets every BatchNorm's running statistics to those of `x`'s activations (one pass in
+  train mode, momentum 1; variances at least 0.5): unit-scale features, as in a trained
+  network, instead of the compounding growth of random weights (which makes float32 itself
+  inexact)."""
+  bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+  for m in bns:
+    m.momentum = 1.0
+  model.train()
+  with torch.no_grad():
+    model(x)
+  for m in bns:
+    m.momentum = 0.1
+    # Near-constant channels (the padding) would be divided by ~0: amplified noise.
+    m.running_var.clamp_(min=0.5)
+  return model.eval()
+
+
 # ---------------------------------------------------------------------------- test pipeline
 
 def imrescale(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:

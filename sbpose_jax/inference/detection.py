@@ -3,14 +3,14 @@
 Public API
 ----------
     det = Detector.load("models/rtmdet_m")          # a saved detector (python -m sbpose_jax.convert)
-    found = det([image, ...])                        # HxWx3 uint8 RGB arrays (colour="bgr" for cv2's)
+    found = det([image, ...])                        # HxWx3 uint8 RGB (colour="bgr": cv2's)
     found[i].boxes, found[i].scores                  # (N, 4) xyxy image pixels, (N,) descending
 
     prepared = prepare(image_bgr, settings)           # host: resize + pad (numpy/cv2, pure)
     boxes, scores, count = detect_batch(variables, padded, valid_hw, scale_factors, spec)
 
 `detect_batch` is pure and jittable (`spec` static): uint8 (B, S, S, 3) images as `prepare`
-pads them in, then on the device the data preprocessor's normalisation, the network, the priors,
+pads them in (in the network's channel order, BGR), then on the device the data preprocessor's normalisation, the network, the priors,
 decoding, sigmoid scores, the score threshold, the top `nms_pre` per level, the boxes mapped
 back to the original images, `min_bbox_size`, class-aware NMS and `max_per_img`, with no host
 round trip per image. Out: boxes (B, M, 4), scores (B, M) (M = max_per_img; zeros past count),
@@ -44,13 +44,11 @@ class DetectSpec:
   """Everything static about a detection program: hashable, a `jit` static argument.
 
   arch: the network. settings: the test pipeline. dtype: compute dtype ("float32" is
-  float32 throughout, for MMDetection's numbers; "bfloat16" is faster). input_colour: the channel
-  order of the images given ("rgb" or "bgr"); the network's is settings.colour_order.
+  float32 throughout, for MMDetection's numbers; "bfloat16" is faster).
   """
   arch: rtmdet.RTMDetArch
   settings: rtmdet.TestSettings
   dtype: str = "float32"
-  input_colour: str = "rgb"
 
 
 class Prepared(NamedTuple):
@@ -115,11 +113,8 @@ def grid_priors(size: int) -> list[np.ndarray]:
 
 
 def normalise(images, spec: DetectSpec):
-  """uint8 (B, S, S, 3) -> float32 (x - mean) / std in the network's channel order."""
-  x = images
-  if spec.input_colour != spec.settings.colour_order:
-    x = x[..., ::-1]
-  x = x.astype(jnp.float32)
+  """uint8 (B, S, S, 3) in the network's channel order -> float32 (x - mean) / std."""
+  x = images.astype(jnp.float32)
   return (x - jnp.asarray(spec.settings.mean, jnp.float32)) / jnp.asarray(spec.settings.std,
                                                                           jnp.float32)
 
@@ -155,7 +150,8 @@ def candidates(variables, padded_images, valid_hw, scale_factors, spec: DetectSp
 
   Args:
     variables: {"params", "batch_stats"} of spec.arch.
-    padded_images: (B, S, S, 3) uint8 as `prepare` makes them, in spec.input_colour.
+    padded_images: (B, S, S, 3) uint8 as `prepare` makes them, in the network's channel
+      order (spec.settings.colour_order: BGR for MMDetection's RTMDets).
     valid_hw: (B, 2) int, the resized images' (h, w). scale_factors: (B, 2) (sx, sy).
   Returns:
     dict of boxes (B, N, 4), scores (B, N), labels (B, N), index (B, N) (level offset + prior),
@@ -193,15 +189,21 @@ def _nms_one(boxes, scores, labels, valid, spec: DetectSpec):
 
 
 @functools.partial(jax.jit, static_argnames="spec")
+def select(c: dict, spec: DetectSpec):
+  """Class-aware NMS and max_per_img on `candidates`' output, per image on the device."""
+  return jax.vmap(functools.partial(_nms_one, spec=spec))(c["boxes"], c["scores"], c["labels"],
+                                                          c["valid"])
+
+
 def detect_batch(variables, padded_images, valid_hw, scale_factors, spec: DetectSpec):
-  """The whole test time for a batch (arguments as `candidates`).
+  """The whole test time for a batch (arguments as `candidates`): `select(candidates(...))`,
+  two jitted programs with no host round trip between them; `jax.jit(detect_batch,
+  static_argnames="spec")` makes it one (for export).
 
   Returns boxes (B, M, 4) xyxy in original-image pixels, scores (B, M) descending, count (B,)
   int32: image b's detections are boxes[b, :count[b]]; M = spec.settings.max_per_img.
   """
-  c = candidates(variables, padded_images, valid_hw, scale_factors, spec)
-  return jax.vmap(functools.partial(_nms_one, spec=spec))(c["boxes"], c["scores"], c["labels"],
-                                                          c["valid"])
+  return select(candidates(variables, padded_images, valid_hw, scale_factors, spec), spec)
 
 
 # --- The detector object ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class Detector:
     self.meta = meta
     self.variables = jax.device_put(variables)
     self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
-    self.specs = {c: DetectSpec(meta.arch, meta.settings, str(dtype), c) for c in ("rgb", "bgr")}
+    self.spec = DetectSpec(meta.arch, meta.settings, str(dtype))
 
   @classmethod
   def load(cls, path: str | os.PathLike, dtype: str = "float32",
@@ -241,21 +243,24 @@ class Detector:
 
   def __call__(self, images: Sequence[np.ndarray], colour: str = "rgb") -> list[Detections]:
     """images: HxWx3 uint8 arrays in `colour` order ("rgb", or "bgr" as cv2 reads them)."""
-    if colour not in self.specs:
+    if colour not in ("rgb", "bgr"):
       raise ValueError(f"colour must be 'rgb' or 'bgr', got {colour!r}")
-    prepared = [prepare(img, self.settings) for img in images]
+    flip = colour != self.settings.colour_order
+    # The pad value is grey: flipping the channels after padding is the same as before.
+    prepared = [p._replace(padded=p.padded[..., ::-1]) if flip else p
+                for p in (prepare(img, self.settings) for img in images)]
     out: list[Detections] = []
     biggest = self.batch_sizes[-1]
     for start in range(0, len(prepared), biggest):
-      out.extend(self._run(prepared[start:start + biggest], self.specs[colour]))
+      out.extend(self._run(prepared[start:start + biggest]))
     return out
 
-  def _run(self, chunk: list[Prepared], spec: DetectSpec) -> list[Detections]:
+  def _run(self, chunk: list[Prepared]) -> list[Detections]:
     size = next(b for b in self.batch_sizes if b >= len(chunk))
     filled = chunk + [chunk[0]] * (size - len(chunk))  # repeated images, results dropped
     boxes, scores, count = jax.device_get(detect_batch(
         self.variables, np.stack([p.padded for p in filled]),
         np.stack([p.valid_hw for p in filled]), np.stack([p.scale_factor for p in filled]),
-        spec))
+        self.spec))
     return [Detections(boxes[i, :count[i]].copy(), scores[i, :count[i]].copy())
             for i in range(len(chunk))]
