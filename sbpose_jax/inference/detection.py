@@ -2,19 +2,20 @@
 
 Public API
 ----------
-    det = Detector.load("models/rtmdet_m")          # a saved detector (python -m sbpose_jax.convert)
-    found = det([image, ...])                        # HxWx3 uint8 RGB (colour="bgr": cv2's)
-    found[i].boxes, found[i].scores                  # (N, 4) xyxy image pixels, (N,) descending
+    det = Detector.load("models/rtmdet_m")   # a saved detector (python -m sbpose_jax.convert)
+    found = det([image, ...])                 # HxWx3 uint8 RGB (colour="bgr": cv2's)
+    found[i].boxes, found[i].scores           # (N, 4) xyxy image pixels, (N,) descending
 
-    prepared = prepare(image_bgr, settings)           # host: resize + pad (numpy/cv2, pure)
+    prepared = prepare(image_bgr, settings)   # host: resize + pad (numpy/cv2, pure)
     boxes, scores, count = detect_batch(variables, padded, valid_hw, scale_factors, spec)
 
 `detect_batch` is pure and jittable (`spec` static): uint8 (B, S, S, 3) images as `prepare`
-pads them in (in the network's channel order, BGR), then on the device the data preprocessor's normalisation, the network, the priors,
-decoding, sigmoid scores, the score threshold, the top `nms_pre` per level, the boxes mapped
-back to the original images, `min_bbox_size`, class-aware NMS and `max_per_img`, with no host
-round trip per image. Out: boxes (B, M, 4), scores (B, M) (M = max_per_img; zeros past count),
-count (B,). `candidates` is the same program stopped before NMS (for the parity tests).
+pads them in (in the network's channel order, BGR), then on the device the data preprocessor's
+normalisation, the network, the priors, decoding, sigmoid scores, the score threshold, the
+top `nms_pre` per level, the boxes mapped back to the original images, `min_bbox_size`,
+class-aware NMS and `max_per_img`, with no host round trip per image. Out: boxes (B, M, 4),
+scores (B, M) (M = max_per_img; zeros past count), count (B,). `candidates` is the same
+program stopped before NMS (for the parity tests).
 
 What MMDetection does (`mmcv.imrescale` + `Pad`, `DetDataPreprocessor`, `MlvlPointGenerator`,
 `base_dense_head._predict_by_feat_single` / `_bbox_post_process`, `distance2bbox`, mmcv's
@@ -206,7 +207,7 @@ def detect_batch(variables, padded_images, valid_hw, scale_factors, spec: Detect
   return select(candidates(variables, padded_images, valid_hw, scale_factors, spec), spec)
 
 
-# --- The detector object ---------------------------------------------------------------------------
+# --- The detector object ------------------------------------------------------------------------
 
 
 class Detector:
