@@ -179,7 +179,7 @@ def candidates(variables, padded_images, valid_hw, scale_factors, spec: DetectSp
 
 def _nms_one(boxes, scores, labels, valid, spec: DetectSpec):
   # batched_nms: labels apart by label * (max coordinate + 1) (no-op for one class).
-  top = jnp.max(jnp.where(valid[:, None], boxes, -jnp.inf))
+  top = jnp.max(jnp.where(valid[:, None], boxes, 0.0))  # no candidate: no offset needed
   moved = boxes + (labels.astype(jnp.float32) * (top + 1.0))[:, None]
   keep, count = nms_lib.nms_fixed(moved, scores, valid, spec.settings.iou_thr,
                                   spec.settings.max_per_img)
