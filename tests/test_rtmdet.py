@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sbpose_jax.commands import convert as convert_command
 from sbpose_jax.models import rtmdet
 from sbpose_jax.weights import conversion
 from sbpose_jax.weights import rtmdet_conversion
@@ -150,3 +151,15 @@ def test_unknown_keys_are_named(tmp_path):
   sd = dict(sd, **{"bbox_head.extra.weight": np.zeros(3, np.float32)})
   with pytest.raises(conversion.ConvertError, match="bbox_head.extra.weight"):
     rtmdet_conversion.to_variables(sd, arch)
+
+
+def test_convert_command_detects_a_detector(tmp_path, capsys):
+  torch_model, _, _ = _tiny("nano")
+  src = tmp_path / "rtmdet_nano.pth"
+  ref.save(torch_model, src, "legacy")
+  assert convert_command.main([str(src), str(tmp_path / "det")]) == 0
+  out = capsys.readouterr().out
+  assert "RTMDet-nano (separable), person, 320x320 BGR input" in out
+  assert rtmdet_conversion.read_meta(tmp_path / "det").arch.size == "nano"
+  assert convert_command.main([str(src), str(tmp_path / "x"), "--style", "caffe"]) == 1
+  assert "takes no --config" in capsys.readouterr().err

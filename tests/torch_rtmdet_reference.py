@@ -276,6 +276,24 @@ def randomize(model: nn.Module, seed: int = 0, cls_bias: float = -2.0) -> nn.Mod
   return model
 
 
+def fit_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+  """Sets every BatchNorm's running statistics to those of `x`'s activations (one pass in
+  train mode, momentum 1; variances at least 0.5): unit-scale features, as in a trained
+  network, instead of the compounding growth of random weights (which makes float32 itself
+  inexact)."""
+  bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+  for m in bns:
+    m.momentum = 1.0
+  model.train()
+  with torch.no_grad():
+    model(x)
+  for m in bns:
+    m.momentum = 0.1
+    # Near-constant channels (the padding) would be divided by ~0: amplified noise.
+    m.running_var.clamp_(min=0.5)
+  return model.eval()
+
+
 # ---------------------------------------------------------------------------- test pipeline
 
 def imrescale(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:
@@ -346,25 +364,24 @@ def distance2bbox(points, distance, max_shape):
 
 def nms_cpu(boxes, scores, iou_threshold):
   """mmcv's nms_cpu kernel (offset 0): a box is dropped when its IoU with a kept, higher-scored
-  box is > iou_threshold. Returns kept indices in descending score order."""
+  box is > iou_threshold. Returns kept indices in descending score order. (The kernel's inner
+  loop over later boxes, vectorised: skipping already dropped ones only saves work.)"""
   x1, y1, x2, y2 = boxes.unbind(1)
   areas = (x2 - x1) * (y2 - y1)
-  order = scores.sort(0, descending=True)[1].tolist()
-  select = [True] * len(order)
+  order = scores.sort(0, descending=True)[1]
+  select = torch.ones(len(order), dtype=torch.bool)
   keep = []
-  for _i, i in enumerate(order):
+  for _i in range(len(order)):
     if not select[_i]:
       continue
-    keep.append(i)
-    for _j in range(_i + 1, len(order)):
-      if not select[_j]:
-        continue
-      j = order[_j]
-      w = torch.clamp(torch.minimum(x2[i], x2[j]) - torch.maximum(x1[i], x1[j]), min=0)
-      h = torch.clamp(torch.minimum(y2[i], y2[j]) - torch.maximum(y1[i], y1[j]), min=0)
-      inter = w * h
-      if inter / (areas[i] + areas[j] - inter) > iou_threshold:
-        select[_j] = False
+    i = order[_i]
+    keep.append(int(i))
+    j = order[_i + 1:]
+    w = torch.clamp(torch.minimum(x2[i], x2[j]) - torch.maximum(x1[i], x1[j]), min=0)
+    h = torch.clamp(torch.minimum(y2[i], y2[j]) - torch.maximum(y1[i], y1[j]), min=0)
+    inter = w * h
+    ovr = inter / (areas[i] + areas[j] - inter)
+    select[_i + 1:] &= ~(ovr > iou_threshold)
   return torch.tensor(keep, dtype=torch.long)
 
 

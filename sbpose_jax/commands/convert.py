@@ -1,4 +1,5 @@
-"""Convert a PyTorch PoseResNet / ResNet checkpoint into an sbpose_jax saved model.
+"""Convert a PyTorch PoseResNet / ResNet checkpoint, or an RTMDet person detector, into an
+sbpose_jax saved model.
 
     python -m sbpose_jax.convert SRC DST [--config NAME] [--style caffe] [--colour-order bgr]
 
@@ -8,6 +9,8 @@ Recognised layouts (after unwrapping {'state_dict': ...} and stripping `module.`
   poseresnet   bare names, no prefix (the MSRA 2018 files; BGR input)
   torchvision  ImageNet ResNet with `fc.*` (ignored): backbone only, the training initialisation
   backbone     any of the above without a head (backbone only)
+  rtmdet       MMDetection / MMPose RTMDet (`backbone.stem.*` + `bbox_head.rtm_cls.*`): a saved
+               detector (size and options from the tensors; COCO files keep the person class)
 
 The conversion itself (a name table): conversion.py. Nothing here needs PyTorch.
 """
@@ -45,7 +48,14 @@ def main(argv=None) -> int:
   # why: conversion imports JAX and flax; imported after parsing so that `--help` answers at once.
   from sbpose_jax.weights import conversion
   from sbpose_jax.weights import pth
+  from sbpose_jax.weights import rtmdet_conversion
   try:
+    if rtmdet_conversion.is_detector_file(args.src):
+      if args.config or args.style or args.colour_order:
+        raise ValueError("an RTMDet detector file takes no --config, --style or --colour-order")
+      det = rtmdet_conversion.convert(args.src, args.dst, not args.no_verify_hash)
+      print(f"wrote {args.dst}: {det.describe()}, from {det.source}")
+      return 0
     config = None
     if args.config:
       config = config_lib.load(args.config)

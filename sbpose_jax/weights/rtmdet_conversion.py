@@ -102,6 +102,14 @@ def is_detector_state_dict(keys) -> bool:
   return all(any(k.startswith(p) for k in keys) for p in DETECTOR_KEYS)
 
 
+def is_detector_file(src: str | os.PathLike) -> bool:
+  """True when the checkpoint at `src` holds an RTMDet state dict (reads the file)."""
+  try:
+    return is_detector_state_dict(conversion.extract_state_dict(pth.load(src)))
+  except ConvertError:
+    return False
+
+
 def describe_state_dict(sd: Mapping[str, np.ndarray]) -> str:
   """What a state dict that is not an RTMDet is, in words."""
   try:
