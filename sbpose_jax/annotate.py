@@ -1,9 +1,10 @@
 """Poses on image files and videos, written as predictions.json and pictures.
 
 The library half of `python -m sbpose_jax.predict`: `run(cfg, checkpoint, inputs, out_dir)`
-reads the images (or videos), takes the person boxes from a box file (boxes.py formats) or the
-whole image, runs `api.PoseEstimator` with the evaluation's numerics, rescoring and OKS-NMS,
-and writes out_dir/predictions.json plus one PNG per image (a video: <stem>.mp4 + <stem>.json).
+reads the images (or videos), takes the person boxes from a box file (boxes.py formats), a
+person detector (`detector`: a saved RTMDet, inference/detection.py) or the whole image, runs
+`api.PoseEstimator` with the evaluation's numerics, rescoring and OKS-NMS, and writes
+out_dir/predictions.json plus one PNG per image (a video: <stem>.mp4 + <stem>.json).
 """
 from __future__ import annotations
 
@@ -175,7 +176,8 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
   error keeps the images done, with "complete": false). Returns (PNGs, unreadable count).
 
   `boxes_for(path, image) -> [(xywh, score), ...]` gives each image's person boxes (a box
-  file's, a detector's, or the whole image).
+  file's, or the whole image); with `est.detector` set and `boxes_for` None, the detector
+  finds them (one batched call per chunk; an image with nobody in it gets no pose).
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
           log.warning("skipping an unreadable image: %s", e)
       if not images:
         continue
-      results = predict_images(est, images, [boxes_for(p, img) for p, img in images], cfg,
+      results = predict_images(est, images, chunk_boxes(est, images, boxes_for), cfg,
                                use_nms)
       pngs += write_outputs(out, images, results, cfg, kpt_thr)
       records += [_record(p, img, r, cfg)[0] for (p, img), r in zip(images, results)]
@@ -218,6 +220,17 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
   return pngs, unreadable
 
 
+def chunk_boxes(est, images, boxes_for=None) -> list[list[tuple[list[float], float]]]:
+  """[(xywh, score), ...] per (path, image): `boxes_for`'s, else the detector's (all the
+  images in one call), else the whole image."""
+  if boxes_for is not None:
+    return [boxes_for(p, img) for p, img in images]
+  if est.detector is not None:
+    return [[(list(map(float, b)), float(s)) for b, s in zip(*found)]
+            for found in est.detect([img for _, img in images])]
+  return [[([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)] for _, img in images]
+
+
 def _test_of(cfg) -> dict:
   """The test settings the poses were predicted with (written into the json)."""
   from sbpose_jax.weights.meta import TestSettings  # why: kept next to its one use
@@ -226,7 +239,8 @@ def _test_of(cfg) -> dict:
 
 def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
                   use_nms: bool) -> pathlib.Path:
-  """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json.
+  """Poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json: one whole-frame
+  box per frame, or with `est.detector` a pose per person it finds (the boxes drawn).
 
   Both are written to temporary names and renamed when the run ends, however it ends: a
   broken video or an interruption keeps the frames done ("complete": false in the json).
@@ -241,15 +255,18 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
       # Frames come BGR; the model gets the config's colour order, as decode_image gives it.
       imgs = [(pathlib.Path(f.name), _to_rgb(f.image, "bgr") if cfg.data.colour_order == "rgb"
                else f.image) for f in chunk]
-      boxes = [[([0.0, 0.0, float(i.shape[1]), float(i.shape[0])], 1.0)] for _, i in imgs]
+      boxes = chunk_boxes(est, imgs)
       for (_, img), r in zip(imgs, predict_images(est, imgs, boxes, cfg, use_nms)):
         kp = np.asarray(r["keypoints"], np.float32).reshape(
             -1, keypoints.get(cfg.data.dataset).num_joints, 3)
-        drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
-                                     kpt_thr=kpt_thr)
+        drawn = visualize.draw_poses(
+            _to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset, kpt_thr=kpt_thr,
+            boxes=np.asarray(r["bboxes"]).reshape(-1, 4) if est.detector is not None else None)
         writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         frames.append([{"score": s, "keypoints": np.round(k.astype(np.float64), 3).tolist()}
-                       for s, k in zip(r["scores"], kp)])
+                       | ({"bbox": [float(v) for v in b], "box_score": bs}
+                          if est.detector is not None else {})
+                       for s, k, b, bs in zip(r["scores"], kp, r["bboxes"], r["box_scores"])])
     chunk = []
     for f in video.prefetch(src.frames()):
       chunk.append(f)
@@ -276,8 +293,13 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
 
 
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
-        det_score_thr=None, kpt_thr=0.05, use_nms=True, explicit=()) -> list[pathlib.Path]:
+        det_score_thr=None, kpt_thr=0.05, use_nms=True, explicit=(), detector=None
+        ) -> list[pathlib.Path]:
   """The command without argument parsing; returns the written PNG and mp4 paths.
+
+  `detector`: a saved person detector directory; it finds the people in every image and
+  video frame (boxes scored below `det_score_thr`, default api.DETECTOR_SCORE_THR, dropped).
+  Not with `boxes_file`.
 
   The model's own test settings replace cfg's (`api.apply_model_settings`; `explicit`: the
   fields the command line set, {field: flag}, which override them with a note).
@@ -294,6 +316,8 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
     if not v.is_file():
       raise FileNotFoundError(f"input not found: {v}")
   paths = list_images(inputs) if inputs else []
+  if detector is not None and boxes_file:
+    raise ValueError("give --boxes or --detector, not both")
   thr = cfg.data.det_score_thr if det_score_thr is None else det_score_thr
   box_table = read_boxes(boxes_file, paths, thr) if boxes_file else None
 
@@ -305,8 +329,11 @@ def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
   if batch_size:
     cfg.test.batch_size = int(batch_size)
   est = api.PoseEstimator.from_config(cfg, checkpoint_path)
+  if detector is not None:
+    est.with_detector(detector, det_score_thr)
   written = []
   if paths:
-    written += predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr, use_nms)[0]
+    written += predict_files(est, paths, None if detector is not None else boxes_for, cfg,
+                             out_dir, kpt_thr, use_nms)[0]
   return written + [predict_video(est, v, cfg, out_dir, int(cfg.test.batch_size), kpt_thr,
                                   use_nms) for v in videos]

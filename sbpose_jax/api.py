@@ -7,13 +7,18 @@
   ((1, 17, 2), (1, 17))
   >>> picture = est.draw("photo.jpg", result)                 # doctest: +SKIP
 
+  >>> est = PoseEstimator.load("models/coco_res50", detector="models/rtmdet_m")  # doctest: +SKIP
+  >>> result = est("group.jpg")          # the detector finds the people   # doctest: +SKIP
+  >>> result.boxes, result.box_scores    # its boxes (x, y, w, h) and scores # doctest: +SKIP
+
 `load` takes a saved model (converted or trained), a training workdir, or a file written by
 `python -m sbpose_jax.export` (StableHLO; ONNX too when onnxruntime is installed). Images are
 RGB uint8 (H, W, 3) arrays or image file paths; boxes are person boxes x, y, w, h in pixels
-(None: the whole image is one box). Crops are made exactly as `evaluate` makes them
-(`geometry.box_to_center_scale` with the 2020 readers' float64 steps, `TopDownAffine`), so
-the same box gives the same keypoints in both. Batches are padded to a few compiled sizes; the
-flip test and 'default' decoding run on the device ('unbiased' / DARK on the host, as evaluate).
+(None: the detector's boxes when one is loaded, `detector=`; else the whole image is one box).
+Crops are made exactly as `evaluate` makes them (`geometry.box_to_center_scale` with the 2020
+readers' float64 steps, `TopDownAffine`), so the same box gives the same keypoints in both.
+Batches are padded to a few compiled sizes; the flip test and 'default' decoding run on the
+device ('unbiased' / DARK on the host, as evaluate).
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from sbpose_jax import geometry, keypoints
 log = logging.getLogger("sbpose_jax")
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_INPUT_WH = (192, 256)
+# The detector boxes a pose is estimated in: MMPose's demos' --bbox-thr (topdown_demo_with_mmdet).
+DETECTOR_SCORE_THR = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,10 @@ class PoseResult:
     boxes: (N, 4) float64 the boxes x, y, w, h the poses were predicted in.
     center, scale: (N, 2) float32 the crops' centre and size / 200 px.
     box_index: (N,) which of the given boxes each row is (a box with no pixels in the image
-      is skipped with a warning, so rows and given boxes can differ).
+      is skipped with a warning, so rows and given boxes can differ; with a detector: which of
+      its boxes above the score threshold).
+    box_scores: (N,) the boxes' scores: the detector's (boxes found by it), the given
+      `box_scores`, else 1.
   """
   keypoints: np.ndarray
   scores: np.ndarray
@@ -53,6 +63,7 @@ class PoseResult:
   center: np.ndarray
   scale: np.ndarray
   box_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+  box_scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
   def __len__(self) -> int:
     return len(self.keypoints)
@@ -304,6 +315,36 @@ class PoseEstimator:
     self.vis_thr = float(vis_thr)
     self.model, self.variables, self.settings, self.meta = model, variables, settings, meta
     self.description = description  # the export's json, for exported files
+    self.detector = None            # inference.detection.Detector: finds the people
+    self.det_score_thr = DETECTOR_SCORE_THR
+
+  def with_detector(self, detector, score_thr: float | None = None, **load_kwargs
+                    ) -> "PoseEstimator":
+    """Attaches a person detector (a saved detector directory or a `Detector`); then an image
+    given without boxes gets a pose per person the detector finds with a score of at least
+    `score_thr` (default DETECTOR_SCORE_THR, MMPose's demos'). Returns self."""
+    if detector is not None and not hasattr(detector, "spec"):
+      from sbpose_jax.inference import detection  # why: JAX and the detector on use
+      detector = detection.Detector.load(detector, **load_kwargs)
+    self.detector = detector
+    if score_thr is not None:
+      self.det_score_thr = float(score_thr)
+    return self
+
+  def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image (H, W, 3) uint8 in this estimator's colour order: (boxes (N, 4) x, y, w, h
+    float64, scores (N,) float32) of the people the detector finds at or above
+    `det_score_thr`, best first; one batched detector call for all the images. An image with
+    nobody in it gives (0, 4) and (0,)."""
+    if self.detector is None:
+      raise ValueError("no detector loaded: PoseEstimator.load(..., detector=DIR)")
+    out = []
+    for found in self.detector(list(images), colour=self.data_order):
+      keep = found.scores >= self.det_score_thr
+      xyxy = np.asarray(found.boxes, np.float64)[keep].reshape(-1, 4)
+      out.append((np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1),
+                  np.asarray(found.scores, np.float32)[keep]))
+    return out
 
   # ------------------------------------------------------------------------------- loading
 
@@ -311,8 +352,13 @@ class PoseEstimator:
   def load(cls, path, *, dataset: str | None = None, input_size: Sequence[int] | None = None,
            flip: bool | None = None, decode: str | None = None, dtype: str = "float32",
            batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, flag_names=None,
+           detector=None, det_score_thr: float | None = None,
            **kwargs) -> "PoseEstimator":
     """A saved model or training workdir (directory), or an exported file.
+
+    `detector`: a saved person detector (`python -m sbpose_jax.convert` of an RTMDet file):
+    images given without boxes then get one pose per person it finds with a score of at least
+    `det_score_thr` (default DETECTOR_SCORE_THR); `boxes=` still overrides it.
 
     The model's own test settings (its meta.json's `test`: crop size, flip, decoding, shift,
     blur kernel, padding, thresholds; an export's json) are used unless an argument says
@@ -362,7 +408,8 @@ class PoseEstimator:
       log.info(note)
     if path.is_file():
       return cls._load_exported(path, batch_sizes=batch_sizes, padding=test.padding,
-                                vis_thr=test.vis_thr, oks_thr=test.oks_thr, **kwargs)
+                                vis_thr=test.vis_thr, oks_thr=test.oks_thr,
+                                **kwargs).with_detector(detector, det_score_thr)
     from sbpose_jax.weights import saved_model  # why: JAX on use
     from sbpose_jax.training import workdir  # why: JAX and orbax on use
     variables, meta = workdir.load_model(path)
@@ -374,7 +421,8 @@ class PoseEstimator:
                               flip=test.flip, shift=test.shift_heatmap, decode=test.decode,
                               blur_kernel=test.blur_kernel, padding=test.padding,
                               vis_thr=test.vis_thr, oks_thr=test.oks_thr,
-                              batch_sizes=batch_sizes, **kwargs)
+                              batch_sizes=batch_sizes, **kwargs
+                              ).with_detector(detector, det_score_thr)
 
   @classmethod
   def from_variables(cls, model, variables, meta, *, input_size: Sequence[int],
@@ -529,7 +577,9 @@ class PoseEstimator:
 
     Args:
       image: (H, W, 3) uint8 RGB array, or an image file path.
-      boxes: (N, 4) person boxes x, y, w, h in pixels; None: the whole image. A box with NaN
+      boxes: (N, 4) person boxes x, y, w, h in pixels; None: the people the detector finds
+        (`load(..., detector=DIR)`; nobody found: an empty result), or without a detector
+        the whole image. A box with NaN
         or inf is refused (ValueError); one smaller than a pixel or outside the image is
         skipped with a warning naming it (`result.box_index` lists the boxes kept).
       box_scores: (N,) detector scores for `instance_scores` (default 1).
@@ -542,17 +592,25 @@ class PoseEstimator:
 
     Args:
       images: sequence of (H, W, 3) uint8 RGB arrays or paths.
-      boxes: one (N_i, 4) array (or None: whole image) per image; None: whole images.
+      boxes: one (N_i, 4) array (or None: the detector's boxes, else the whole image) per
+        image; None: all None. The images left to the detector go through it in one call.
       box_scores: one (N_i,) array per image, or None.
     """
     images = list(images)
     boxes = [None] * len(images) if boxes is None else list(boxes)
     if len(boxes) != len(images):
       raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+    names = [str(image) if isinstance(image, (str, pathlib.Path)) else f"image {n}"
+             for n, image in enumerate(images)]
+    images = [read_image(image) for image in images]
+    box_scores = None if box_scores is None else list(box_scores)
+    wanted = [i for i, b in enumerate(boxes) if b is None]
+    if self.detector is not None and wanted:   # one detector call for all of them
+      box_scores = [None] * len(images) if box_scores is None else box_scores
+      for i, (b, s) in zip(wanted, self.detect([images[i] for i in wanted])):
+        boxes[i], box_scores[i] = b, s
     parts, used = [], []
-    for n, (image, b) in enumerate(zip(images, boxes)):
-      where = str(image) if isinstance(image, (str, pathlib.Path)) else f"image {n}"
-      image = read_image(image)
+    for image, b, where in zip(images, boxes, names):
       used.append(_boxes(b, image, where))
       parts.append(self.crops(image, used[-1][0]))
     crops, center, scale = (np.concatenate([p[i] for p in parts]) for i in range(3))
@@ -580,7 +638,8 @@ class PoseEstimator:
     return PoseResult(keypoints=kpts[..., :2].copy(), scores=kpts[..., 2].copy(),
                       instance_scores=inst, boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
                       center=center, scale=scale,
-                      box_index=np.arange(len(kpts)) if index is None else np.asarray(index))
+                      box_index=np.arange(len(kpts)) if index is None else np.asarray(index),
+                      box_scores=np.asarray(box_scores, np.float32).reshape(-1))
 
   def draw(self, image, result: PoseResult, kpt_thr: float = 0.05) -> np.ndarray:
     """A copy of `image` (RGB array or path) with `result`'s skeletons and boxes drawn (RGB)."""

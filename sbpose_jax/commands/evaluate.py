@@ -1,8 +1,9 @@
 """Evaluate a saved (converted or trained) model on a dataset's evaluation split.
 
   python -m sbpose_jax.evaluate --config coco_res50 --checkpoint models/res50_coco_256x192 \
-      --out-dir out/coco_res50 [--gt-boxes | --det-file F] [--no-flip] [--batch-size 64] \
-      [--ann-file F] [--img-dir D] [--dtype bfloat16] [--config.test.decode=unbiased ...]
+      --out-dir out/coco_res50 [--gt-boxes | --det-file F | --detector DIR] [--no-flip] \
+      [--batch-size 64] [--ann-file F] [--img-dir D] [--dtype bfloat16] \
+      [--config.test.decode=unbiased ...]
       [--gt-file F (MPII)] [--crowdpose-ignore 2020|current (CrowdPose)]
   python -m sbpose_jax.evaluate --config coco_res50 --results out/keypoints.json --out-dir O
 
@@ -13,7 +14,9 @@ workdir's config.json is used, else the named config of the model's dataset. Pat
 to the config's evaluation data (`config.data` updated with `evals.val.data`); the flags
 override them. Writes O/keypoints.json (the dataset's results format) and O/metrics.json (with
 the test settings used), and prints the published table's columns. `--results FILE` scores an
-existing results file with no model.
+existing results file with no model. `--detector DIR` (a saved RTMDet) finds the person boxes
+itself: O/detections.json (the --det-file format) and their person box AP printed beside the
+pose AP, so the detector's cost is seen.
 """
 from __future__ import annotations
 
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "xtcocotools >= 1.9 (2021) that a current MMPose uses")
   boxes = p.add_mutually_exclusive_group()
   boxes.add_argument("--det-file", help="detector boxes (COCO results json)")
+  boxes.add_argument("--detector", metavar="DIR",
+                     help="a saved person detector (python -m sbpose_jax.convert of an RTMDet "
+                          ".pth): finds the boxes instead of --det-file, writes them to "
+                          "OUT_DIR/detections.json (reusable with --det-file) and prints their "
+                          "person box AP (pycocotools bbox) beside the pose AP")
   boxes.add_argument("--gt-boxes", action="store_true", help="use ground-truth boxes")
   p.add_argument("--no-flip", action="store_true", help="disable the flip test")
   p.add_argument("--batch-size", type=int, help="boxes per batch (default config.test.batch_size)")
@@ -214,6 +222,8 @@ def _command(args, overrides, out: dict) -> int:
   if bool(args.checkpoint) == bool(args.results):
     raise ValueError("give exactly one of --checkpoint (evaluate a model) or --results (score "
                      "a file)")
+  if args.detector and args.results:
+    raise ValueError("--detector runs with --checkpoint (a model to evaluate), not --results")
   if args.track and not args.results:
     raise ValueError("--track scores tracked results: give --results DIR")
   if args.results and not args.config:
@@ -233,11 +243,19 @@ def _command(args, overrides, out: dict) -> int:
     explicit = config_lib.explicit_test_keys(overrides)
     if args.no_flip:
       explicit["flip"] = "--no-flip"
-    metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
+    box_metrics = {}
+    if args.detector:
+      # why: the detector and pycocotools load after parsing
+      from sbpose_jax.evaluators import person_boxes
+      det_path, box_metrics = person_boxes.detector_boxes_for(cfg, args.detector, args.out_dir,
+                                                              progress=not args.quiet)
+      print(f"wrote {det_path}: {person_boxes.format_box_ap(box_metrics)}", file=sys.stderr)
+    metrics = box_metrics | evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
                              progress=not args.quiet, explicit=explicit)
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
+              detector=getattr(args, "detector", None),
               decode=cfg.test.decode, dtype=str(cfg.model.dtype),
               test={**cfg.test.to_dict(), "input_size": list(cfg.data.input_size),
                     "heatmap_size": list(cfg.data.heatmap_size), "padding": cfg.data.padding},
@@ -247,7 +265,11 @@ def _command(args, overrides, out: dict) -> int:
                  if eval_type == "crowdpose" else {}))
   path = write_metrics(args.out_dir, metrics, info)
   print(evaluators.format_table({k: v for k, v in metrics.items()
-                                 if not k.startswith("track/")}, eval_type))
+                                 if not k.startswith(("track/", "box/"))}, eval_type))
+  if any(k.startswith("box/") for k in metrics):
+    # why: kept next to its one use
+    from sbpose_jax.evaluators import person_boxes
+    print(person_boxes.format_box_ap(metrics))
   if args.track:
     # why: loads JAX and the model stack on use, so that --help answers at once
     from sbpose_jax.evaluators import posetrack_mota

@@ -1,7 +1,7 @@
 """Predict poses on your own images and videos and draw them.
 
   python -m sbpose_jax.predict --checkpoint models/res50_coco_256x192 photo.jpg more_photos/ \
-      --out-dir out/ [--boxes boxes.json] [--config coco_res50] [--config.test.flip=False]
+      --out-dir out/ [--detector models/rtmdet_m | --boxes boxes.json] [--config coco_res50]
 
 The model (a saved model, a training workdir or an exported file) brings its own test settings
 (crop size, flip, decoding, thresholds); `--config` adds the rest, and `--config.KEY=VALUE`
@@ -9,8 +9,11 @@ overrides a setting with a printed note (a crop size other than the model's is r
 Without --config, a workdir's own config.json is used, else the named config of the model's
 dataset. Writes out_dir/predictions.json (per image: instances with box, score and keypoints
 [x, y, score] per joint) and out_dir/<image stem>.png with the skeletons drawn (joint score →
-opacity). A video input (.mp4, .mkv, .avi, .mov, .webm, .m4v) gets one whole-frame box per frame
-(a single person; `python -m sbpose_jax.track` follows several) and writes out_dir/<stem>.mp4 and
+opacity). With --detector (a saved RTMDet, `python -m sbpose_jax.convert`) each image gets one
+pose per person the detector finds (an image with nobody in it: no pose, not an error). A video
+input (.mp4, .mkv, .avi, .mov, .webm, .m4v) gets one whole-frame box per frame
+(a single person; --detector: the people it finds; `python -m sbpose_jax.track` follows
+them through time) and writes out_dir/<stem>.mp4 and
 out_dir/<stem>.json. Every file is written under a temporary name and renamed when complete;
 Ctrl-C (or SIGTERM) writes what was done and exits 130 (143).
 """
@@ -51,11 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="saved model directory, training workdir or exported file")
   p.add_argument("inputs", nargs="+", help="image files, folders of images and/or videos")
   p.add_argument("--boxes", help="person boxes per image: a JSON file (formats below)")
+  p.add_argument("--detector", metavar="DIR",
+                 help="a saved person detector (python -m sbpose_jax.convert of an RTMDet "
+                      ".pth): finds the people in every image and video frame instead of "
+                      "--boxes or the whole image")
   p.add_argument("--out-dir", required=True,
                  help="where predictions.json, the PNGs and the videos' mp4/json go")
   p.add_argument("--batch-size", type=int, help="boxes per batch (default config.test.batch_size)")
   p.add_argument("--det-score-thr", type=float, default=None,
-                 help="ignore boxes below this score (default config.data.det_score_thr)")
+                 help="ignore boxes below this score (default config.data.det_score_thr; "
+                      "with --detector 0.3, as MMPose's demos)")
   p.add_argument("--kpt-thr", type=float, default=0.05, help="hide joints at or below this score")
   p.add_argument("--no-nms", action="store_true", help="keep overlapping duplicate poses")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -85,7 +93,7 @@ def _command(args, rest, written: list) -> int:
   cfg.model.dtype = args.dtype
   paths = annotate.run(cfg, args.checkpoint, args.inputs, args.out_dir, args.boxes,
                        args.batch_size, args.det_score_thr, args.kpt_thr, not args.no_nms,
-                       explicit=config_lib.explicit_test_keys(rest))
+                       explicit=config_lib.explicit_test_keys(rest), detector=args.detector)
   print(summary(paths, args.out_dir), file=sys.stderr)
   written.extend(paths)
   return 0

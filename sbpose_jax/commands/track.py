@@ -1,11 +1,14 @@
 """Track people's poses through a video (the paper's tracker, docs/tracking.md).
 
   python -m sbpose_jax.track --checkpoint models/res50_posetrack18 clip.mp4 --out-dir out/ \
-      [--config posetrack18_res50] [--boxes dets.json] [--similarity iou|oks|flow] [--frames]
+      [--config posetrack18_res50] [--detector models/rtmdet_m [--det-every N] | --boxes
+      dets.json] [--similarity iou|oks|flow] [--frames]
 
 INPUT is a video file (any container FFmpeg reads), a folder of frames (sorted by name) or a
 PoseTrack18 annotation file (its frames; `--eval` then scores the result against it). Boxes per
-frame: `--boxes` plus boxes propagated from the previous frame's poses by optical flow. Writes
+frame: a person detector's (`--detector`, every frame or every N-th with `--det-every N`) or
+`--boxes`, plus boxes propagated from the previous frame's poses by optical flow (which fill
+the frames between detector runs). Writes
 O/<name>.json (PoseTrack18 results: track ids, joints, scores), O/<name>.mp4 (skeletons coloured
 by track id) and, with --frames, O/<name>/*.png, each under a temporary name renamed when
 complete; Ctrl-C (or SIGTERM) writes the frames tracked so far and exits 130 (143). The model
@@ -56,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="where <name>.json, <name>.mp4 (and <name>/ with --frames) go")
   p.add_argument("--boxes", help="person boxes per frame: a JSON file (formats below); "
                                  "without it: the whole first frame, then optical flow")
+  p.add_argument("--detector", metavar="DIR",
+                 help="a saved person detector (python -m sbpose_jax.convert of an RTMDet "
+                      ".pth): finds the people in the frames instead of --boxes; its boxes "
+                      "below track.det_score_thr are ignored")
+  p.add_argument("--det-every", type=int, default=1, metavar="N",
+                 help="with --detector: run it on every N-th frame (1, the default: every "
+                      "frame); the frames between get the flow-propagated boxes alone")
   p.add_argument("--skip-bad-frames", action="store_true",
                  help="folder / PoseTrack input: skip (and count) undecodable frames instead "
                       "of stopping at the first")
@@ -90,14 +100,26 @@ def _command(args, rest, out: list) -> int:
   for note in api.apply_model_settings(cfg, args.checkpoint,
                                        config_lib.explicit_test_keys(rest)):
     print(f"note: {note}", file=sys.stderr)
+  if args.detector and args.boxes:
+    raise ValueError("give --boxes or --detector, not both")
+  if args.det_every < 1:
+    raise ValueError(f"--det-every must be at least 1, got {args.det_every}")
+  if args.det_every > 1 and not args.detector:
+    raise ValueError("--det-every needs --detector")
+  if args.det_every > 1 and not cfg.track.propagate:
+    print("warning: --det-every with track.propagate=False: the frames between detector runs "
+          "get no boxes", file=sys.stderr)
   boxes = video_loop.read_boxes(args.boxes, source) if args.boxes else None
+  if args.detector:
+    from sbpose_jax.inference import detection  # why: the detector's JAX program on use only
+    boxes = video_loop.DetectorBoxes(detection.Detector.load(args.detector), args.det_every)
   pose_model = video_loop.FramePoses(cfg, args.checkpoint)
-  path, stats = video_loop.track_video(cfg, pose_model, source, args.out_dir, boxes,
-                                       args.frames, args.kpt_thr, not args.quiet,
-                                       boxes_name=f"--boxes {args.boxes}")
+  path, stats = video_loop.track_video(
+      cfg, pose_model, source, args.out_dir, boxes, args.frames, args.kpt_thr, not args.quiet,
+      boxes_name=f"--detector {args.detector}" if args.detector else f"--boxes {args.boxes}")
   n = max(stats["frames"], 1)
-  per = ", ".join(f"{k} {1000 * stats[k] / n:.1f}" for k in ("wait", "propose", "pose",
-                                                            "match", "write"))
+  per = ", ".join(f"{k} {1000 * stats[k] / n:.1f}" for k in ("wait", "detect", "propose",
+                                                            "pose", "match", "write"))
   skipped = f" ({stats['skipped']} undecodable frames skipped)" if stats["skipped"] else ""
   print(f"tracked {stats['frames']} frames{skipped} at "
         f"{stats['frames'] / max(stats['seconds'], 1e-9):.1f} frames/s (ms per frame: {per}); "

@@ -81,6 +81,27 @@ def usable_detections(boxes, scores, frame, where: str = "--boxes"):
   return np.asarray(boxes, np.float32).reshape(-1, 4)[keep], np.asarray(scores)[keep]
 
 
+class DetectorBoxes:
+  """`DetectorBoxes(detector, every)(frame)` -> ((N, 4) x1 y1 x2 y2, (N,) scores): the person
+  detector (inference/detection.py) on every `every`-th frame handed to it (the first
+  included); on the frames between, empty arrays, so that the tracker's flow-propagated boxes
+  fill the gap (the paper's tracker runs its detector on every frame; fewer is faster)."""
+
+  def __init__(self, detector, every: int = 1):
+    if int(every) < 1:
+      raise ValueError(f"--det-every must be at least 1, got {every}")
+    self.detector, self.every, self.count, self.runs = detector, int(every), 0, 0
+
+  def __call__(self, frame):
+    run = self.count % self.every == 0
+    self.count += 1
+    if not run:
+      return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    self.runs += 1
+    found = self.detector([frame.image], colour="bgr")[0]
+    return np.asarray(found.boxes, np.float32), np.asarray(found.scores, np.float32)
+
+
 # Few compilations, little waste: a frame's boxes are padded to the next of these.
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -185,12 +206,14 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
   """Runs the tracker over `source`; returns (results json path, stats dict).
 
   `boxes`: None (no detector: the whole first frame, then flow), {frame index: (x1 y1 x2 y2,
-  scores)} from `read_boxes`, or fr -> (boxes, scores). A box with no pixels in its frame is
-  skipped with a warning naming it. stats: frames, skipped (undecodable frames skipped), the
-  files written, seconds, and the seconds spent waiting for frames (decoding + flow run ahead
-  in a thread), proposing boxes, in the pose model, matching, and drawing/writing. However the
-  run ends (a broken video: VideoError; Ctrl-C or SIGTERM: KeyboardInterrupt), the frames
-  tracked so far are written (json, mp4, PNGs), each file complete, and the error says so.
+  scores)} from `read_boxes`, or fr -> (boxes, scores) (`DetectorBoxes`: a person detector; an
+  empty array: nobody found, the flow-propagated boxes alone). A box with no pixels in its frame
+  is skipped with a warning naming it. stats: frames, skipped (undecodable frames skipped), the
+  files written, seconds, and the seconds spent waiting for frames (decoding + flow run ahead in
+  a thread), in the detector, proposing boxes, in the pose model, matching, and drawing/writing.
+  However the run ends (a broken video: VideoError; Ctrl-C or SIGTERM: KeyboardInterrupt), the
+  frames tracked so far are written (json, mp4, PNGs), each file complete, and the error says
+  so.
   """
   info = keypoints.get(cfg.data.dataset)
   settings = tracker.TrackSettings.from_config(cfg.track)
@@ -207,7 +230,7 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
     frames = ((f, None) for f in frames)
   frames_out: list[list[dict]] = []
   indices: list[int] = []
-  t = dict(wait=0.0, propose=0.0, pose=0.0, match=0.0, write=0.0)
+  t = dict(wait=0.0, detect=0.0, propose=0.0, pose=0.0, match=0.0, write=0.0)
   start = time.perf_counter()
   path = out / f"{source.name}.json"
   written = []
@@ -218,6 +241,7 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
       det = _detections(boxes, fr)
       if det[0] is not None:
         det = usable_detections(*det, fr, boxes_name)
+      lap["detect"] = time.perf_counter()
       bx, sc = trk.propose(fr.image, *det, flow=fl)
       lap["propose"] = time.perf_counter()
       kp = pose_model(fr.image, bx, sc)
