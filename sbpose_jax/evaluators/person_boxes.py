@@ -117,6 +117,7 @@ def detector_boxes_for(cfg, detector_dir, out_dir, progress: bool = False
     raise FileNotFoundError(f"annotation file (--ann-file / data.val_ann) not found: {ann}")
   detector = detection.Detector.load(detector_dir)
   found = detect_images(detector, ann, images, progress=progress)
+  pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
   path = outputs.write_json(pathlib.Path(out_dir) / DETECTIONS_FILE, found)
   cfg.data.det_file, cfg.data.use_gt_bbox = str(path.resolve()), False
   return path, {f"box/{k}": v for k, v in box_ap(ann, found).items()}
