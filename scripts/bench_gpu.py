@@ -16,7 +16,16 @@ is near so that the run ends in time:
                 accelerator path), device (packed colour crops, warp in the step) and packed
                 (packed crops, host warp), at 8 and 16 workers: img/s and host CPU ms per image
                 (parent + workers);
-  eval          boxes/s of the jitted predict function with the flip test (batch 64).
+  eval          boxes/s of the jitted predict function with the flip test (batch 64);
+  detect        the person detector (RTMDet-m at 640, random weights, bf16) on a 1920x1080
+                frame: host ms (resize + pad) and device ms (`detection.detect_batch`: network,
+                decoding, NMS) per frame;
+  pipeline      detector + pose per 1080p frame with 5 people, through the API
+                (`PoseEstimator` with a detector: detect, 5 crops, ResNet-50 256x192 with the
+                flip test, decoding): ms per frame, and the device ms of its two programs
+                (detector; pose: the 5 crops padded to a batch of 8). The detector's weights are random, saved with
+                score_thr 0 and max_per_img 5: five boxes per frame, as five people give
+                (issue 22's goal on one H100: <= 3 ms of device time per frame).
 Data: procedural people (data/synthetic.py) on 640x480 images, COCO-like sizes, packed with
 `sbpose_jax.pack`; nothing is faked. `--smoke` shrinks everything (ResNet-18 of width 8, 96x96,
 batch 2, 0/1 workers) so that the whole script runs on a CPU in about a minute (the test).
@@ -281,6 +290,73 @@ def evaluation(args, budget: Budget) -> None:
        boxes_per_s=round(b * args.steps / (time.perf_counter() - t0), 1))
 
 
+def _median_s(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return sorted(times)[len(times) // 2]
+
+
+def detection_figures(args, budget: Budget) -> None:
+  """The `detect` and `pipeline` figures (module docstring)."""
+  # why: only this script needs them
+  import dataclasses
+  import jax
+  import cv2
+  from sbpose_jax import api
+  from sbpose_jax.inference import detection
+  from sbpose_jax.models import rtmdet
+  from sbpose_jax.weights import rtmdet_conversion, saved_model
+  if not budget.allows("detect", 60 if not args.smoke else 5):
+    return
+  arch = (dataclasses.replace(rtmdet.SIZES["nano"], widen_factor=0.125) if args.smoke
+          else rtmdet.SIZES["m"])
+  settings = dataclasses.replace(rtmdet.default_settings(arch, 1), score_thr=0.0,
+                                 max_per_img=5, input_size=64 if args.smoke else 640)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(
+      lambda s: (rng.normal(0, 0.02, s.shape) + (1.0 if len(s.shape) == 1 else 0.0)
+                 ).astype(np.float32), rtmdet_conversion.abstract_variables(arch))
+  meta = rtmdet_conversion.DetectorMeta(arch=arch, settings=settings, source="bench")
+  det_dtype = "float32" if args.smoke else "bfloat16"
+  det = detection.Detector(variables, meta, det_dtype, batch_sizes=(1,))
+  frame = cv2.resize(rng.integers(0, 256, (108, 192, 3), np.uint8), (1920, 1080))
+  prepared = detection.prepare(frame, settings)
+  dev = [jax.device_put(a[None]) for a in prepared]
+  run = lambda: jax.block_until_ready(detection.detect_batch(det.variables, *dev, det.spec))
+  run()
+  repeats = 3 if args.smoke else 50
+  host_s = _median_s(lambda: detection.prepare(frame, settings), repeats)
+  device_s = _median_s(run, repeats)
+  emit(figure="detect", model=f"RTMDet-{arch.size}", input=settings.input_size,
+       frame="1920x1080", dtype=det_dtype, host_ms=round(1e3 * host_s, 2),
+       device_ms=round(1e3 * device_s, 2))
+  if not budget.allows("pipeline", 60 if not args.smoke else 5):
+    return
+  cfg = _config(args)
+  w, h = (int(v) for v in cfg.data.input_size)
+  pose_meta = saved_model.ModelMeta(depth=int(cfg.model.depth), width=int(cfg.model.width),
+                                    num_joints=17, deconv_filters=tuple(cfg.model.deconv_filters),
+                                    dataset="coco", colour_order="rgb", source="bench")
+  pose_dtype = "float32" if args.smoke else "bfloat16"
+  est = api.PoseEstimator.from_variables(
+      saved_model.build_model(pose_meta, pose_dtype),
+      saved_model.random_variables(pose_meta, (h, w), 0.5), pose_meta, input_size=(w, h),
+      batch_sizes=(8,)).with_detector(det, score_thr=0.0)
+  people = len(est(frame))
+  per_frame = _median_s(lambda: est(frame), repeats)
+  crops = est.crops(frame, np.tile([[100.0, 100.0, 300.0, 600.0]], (8, 1)))
+  est.predict_crops(*crops)
+  pose_s = _median_s(lambda: est.predict_crops(*crops), repeats)
+  emit(figure="pipeline", detector=f"RTMDet-{arch.size}", pose=f"ResNet-{cfg.model.depth}",
+       input=[w, h], flip=bool(est.settings.flip), frame="1920x1080", people=people,
+       dtype=pose_dtype, ms_per_frame=round(1e3 * per_frame, 2),
+       detector_device_ms=round(1e3 * device_s, 2),
+       pose_ms_batch_8=round(1e3 * pose_s, 2))
+
+
 def jax_part(args, budget: Budget) -> None:
   import jax  # why: only this test or script needs it
   from sbpose_jax.commands import train  # why: only this test or script needs it
@@ -292,6 +368,7 @@ def jax_part(args, budget: Budget) -> None:
     records, pack_dir = make_data(args, pathlib.Path(tmp))
     end_to_end(args, budget, records, pack_dir)
   evaluation(args, budget)
+  detection_figures(args, budget)
 
 
 SMOKE = ["--config.model.depth=18", "--config.model.width=8",

@@ -19,4 +19,6 @@ def test_bench_gpu_smoke():
   paths = {(l["path"], l["workers"]) for l in lines if l["figure"] == "end_to_end"}
   assert paths == {(p, w) for p in ("full", "device_planes", "device", "packed") for w in (0, 1)}
   assert all(l["img_per_s"] > 0 for l in lines if "img_per_s" in l)
-  assert figures[-2:] == ["eval", "done"]
+  assert figures[-4:] == ["eval", "detect", "pipeline", "done"]
+  pipeline = next(l for l in lines if l["figure"] == "pipeline")
+  assert pipeline["people"] == 5 and pipeline["ms_per_frame"] > 0
