@@ -18,6 +18,7 @@ import numpy as np
 from sbpose_jax import api
 from sbpose_jax import boxes as boxes_lib
 from sbpose_jax import keypoints
+from sbpose_jax import outputs
 from sbpose_jax import video
 from sbpose_jax import visualize
 from sbpose_jax.data import pipeline
@@ -55,47 +56,50 @@ def read_boxes(path, images: Sequence[pathlib.Path], score_thr: float
                ) -> dict[str, list[tuple[list[float], float]]]:
   """{image stem: [(xywh, score), ...]} from a box file (boxes.py formats).
 
-  A key may be the image's file name or stem; a COCO `image_id` matches a numeric stem.
+  A key may be the image's file name or stem; a COCO `image_id` matches a numeric stem. Says in
+  a warning how many images got boxes when not all did (an empty or non-matching box file
+  leaves them without a pose), and how many entries named no input image.
   """
   keys: dict = {}
   for p in images:
     keys[p.name] = keys[p.stem] = p.stem
     if p.stem.isdigit():
       keys[int(p.stem)] = p.stem
-  table, _ = boxes_lib.read_box_file(path, keys)
+  table, unmatched = boxes_lib.read_box_file(path, keys)
   out = {p.stem: [(list(map(float, r[:4])), float(r[4])) for r in table.get(p.stem, ())
                   if r[4] >= score_thr] for p in images}
-  if not any(out.values()):
-    log.warning("--boxes %s: no box matches any of the %d input images", path, len(images))
+  below = sum(int((a[:, 4] < score_thr).sum()) for a in table.values())
+  got = sum(1 for v in out.values() if v)
+  if got < len(images) or unmatched:
+    log.warning("--boxes %s: boxes for %d of the %d input images%s%s; an image without boxes "
+                "gets no pose (without --boxes each image is one whole-image box)", path, got,
+                len(images), f"; {unmatched} box entries name no input image" if unmatched
+                else "", f"; {below} boxes below --det-score-thr {score_thr:g}" if below else "")
   return out
 
 
-MIN_BOX_SIDE = 1.0  # px: a smaller box has no pixels to crop
-
-
 def usable_boxes(image: pathlib.Path, width: int, height: int,
-                 boxes: Sequence[tuple[list[float], float]]) -> list[tuple[list[float], float]]:
+                 boxes: Sequence[tuple[list[float], float]], source: str = ""
+                 ) -> list[tuple[list[float], float]]:
   """The boxes of one image that have pixels inside it; each other one is named in a warning
-  (a crop of no pixels would still give a pose, made up from the padding)."""
+  (with the box file `source`, the image and the box: a crop of no pixels would still give a
+  pose, made up from the padding)."""
   kept = []
-  for box, score in boxes:
-    x, y, w, h = box
-    shown = "[" + ", ".join(f"{v:.4g}" for v in box) + "]"
-    if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
-      log.warning("%s: skipping box [x, y, w, h] = %s: smaller than %g px", image.name,
-                  shown, MIN_BOX_SIDE)
-    elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
-      log.warning("%s: skipping box [x, y, w, h] = %s: outside the %dx%d image", image.name,
-                  shown, width, height)
-    else:
+  for j, (box, score) in enumerate(boxes):
+    why = api.box_problem(box, width, height)
+    if why is None:
       kept.append((box, score))
+    else:
+      log.warning("%s%s: skipping box %d [x, y, w, h] = %s: %s",
+                  f"{source}: " if source else "", image.name, j, api.show_box(box), why)
   return kept
 
 
 def predict_images(est, images, boxes, cfg, use_nms: bool = True):
   """Per image: dict(bboxes (M, 4), scores (M,), box_scores (M,), keypoints (M, K, 3)).
 
-  `est` is the `api.PoseEstimator` (crops, batches, device); then rescoring and OKS-NMS.
+  `est` is the `api.PoseEstimator` (crops, batches, device); then rescoring and OKS-NMS with
+  cfg.test.vis_thr / oks_thr (the model's own, `api.apply_model_settings`).
   """
   info = keypoints.get(cfg.data.dataset)
   found = est.predict_batch([img for _, img in images],
@@ -104,9 +108,10 @@ def predict_images(est, images, boxes, cfg, use_nms: bool = True):
                             [np.asarray([s for _, s in bx], np.float64) for bx in boxes])
   index = np.concatenate([np.full(len(r), n, np.int32) for n, r in enumerate(found)])
   kpts = np.concatenate([r.keypoints_xys() for r in found]).reshape(-1, info.num_joints, 3)
-  box_scores = np.asarray([s for bx in boxes for _, s in bx], np.float32)
+  box_scores = np.asarray([bx[j][1] for bx, r in zip(boxes, found) for j in r.box_index],
+                          np.float32)
   scale = np.concatenate([r.scale for r in found]).reshape(-1, 2)
-  flat_boxes = [b for bx in boxes for b, _ in bx]
+  flat_boxes = [bx[j][0] for bx, r in zip(boxes, found) for j in r.box_index]
   kept, scores = postprocess.rescore_and_nms(
       index, kpts, box_scores, postprocess.crop_areas(scale), info.sigmas_array,
       cfg.test.vis_thr, cfg.test.oks_thr, use_nms)
@@ -124,38 +129,114 @@ def _to_rgb(img: np.ndarray, order: str) -> np.ndarray:
   return img if order == "rgb" else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _record(path, img, r, cfg) -> tuple[dict, np.ndarray]:
+  kp = np.asarray(r["keypoints"], np.float32).reshape(
+      -1, keypoints.get(cfg.data.dataset).num_joints, 3)
+  return {"file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
+          "instances": [{"bbox": [float(v) for v in b], "box_score": bs, "score": s,
+                         "keypoints": np.round(k.astype(np.float64), 3).tolist()}
+                        for b, bs, s, k in zip(r["bboxes"], r["box_scores"], r["scores"], kp)]
+          }, kp
+
+
 def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib.Path]:
-  """predictions.json and one PNG per image; returns the PNG paths."""
+  """One PNG per image (each written atomically); returns their paths."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  records, pngs = [], []
+  pngs = []
   for (path, img), r in zip(images, results):
-    kp = np.asarray(r["keypoints"], np.float32).reshape(-1, keypoints.get(
-        cfg.data.dataset).num_joints, 3)
+    _, kp = _record(path, img, r, cfg)
     drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
                                  boxes=np.asarray(r["bboxes"]).reshape(-1, 4),
                                  scores=r["scores"], kpt_thr=kpt_thr)
-    png = out_dir / f"{path.stem}.png"
-    cv2.imwrite(str(png), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-    pngs.append(png)
-    records.append({
-        "file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
-        "instances": [{"bbox": [float(v) for v in b], "box_score": bs, "score": s,
-                       "keypoints": np.round(k.astype(np.float64), 3).tolist()}
-                      for b, bs, s, k in zip(r["bboxes"], r["box_scores"], r["scores"], kp)]})
-  meta = {"dataset": cfg.data.dataset, "joint_names": list(keypoints.get(
-      cfg.data.dataset).joint_names), "images": records}
-  (out_dir / "predictions.json").write_text(json.dumps(meta))
+    pngs.append(outputs.write_png(out_dir / f"{path.stem}.png",
+                                  cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)))
   return pngs
+
+
+PREDICTIONS = "predictions.json"
+
+
+def _earlier_pictures(out: pathlib.Path, paths) -> list[str]:
+  """The PNGs an earlier run listed in out/predictions.json that this run will not replace."""
+  try:
+    old = json.loads((out / PREDICTIONS).read_text())["images"]
+    names = {f"{pathlib.Path(e['file']).stem}.png" for e in old}
+  except (OSError, ValueError, KeyError, TypeError):
+    return []
+  mine = {f"{p.stem}.png" for p in paths}
+  return sorted(n for n in names - mine if (out / n).exists())
+
+
+def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: bool
+                  ) -> tuple[list[pathlib.Path], int]:
+  """Poses on image files, a chunk of test.batch_size images at a time: a PNG per image and
+  out_dir/predictions.json, written when the run ends however it ends (an interruption or an
+  error keeps the images done, with "complete": false). Returns (PNGs, unreadable count).
+
+  `boxes_for(path, image) -> [(xywh, score), ...]` gives each image's person boxes (a box
+  file's, a detector's, or the whole image).
+  """
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  stale = _earlier_pictures(out, paths)
+  if stale:
+    log.warning("%s holds %d pictures of an earlier run that this run does not replace (%s%s); "
+                "%s is replaced", out, len(stale), ", ".join(stale[:3]),
+                ", ..." if len(stale) > 3 else "", PREDICTIONS)
+  records, pngs, unreadable = [], [], 0
+  chunk = max(1, int(cfg.test.batch_size))
+  done = False
+  try:
+    for start in range(0, len(paths), chunk):
+      images = []
+      for p in paths[start:start + chunk]:
+        try:
+          images.append((p, pipeline.decode_image(str(p), cfg.data.colour_order)))
+        except pipeline.BadImageError as e:
+          unreadable += 1
+          log.warning("skipping an unreadable image: %s", e)
+      if not images:
+        continue
+      results = predict_images(est, images, [boxes_for(p, img) for p, img in images], cfg,
+                               use_nms)
+      pngs += write_outputs(out, images, results, cfg, kpt_thr)
+      records += [_record(p, img, r, cfg)[0] for (p, img), r in zip(images, results)]
+    done = True
+  except KeyboardInterrupt as e:
+    e.args = (f"interrupted after {len(records)} of {len(paths)} images: their poses were "
+              f"written to {out / PREDICTIONS} and {len(pngs)} pictures to {out}",)
+    raise
+  finally:
+    if records or done:
+      outputs.write_json(out / PREDICTIONS, {
+          "dataset": cfg.data.dataset,
+          "joint_names": list(keypoints.get(cfg.data.dataset).joint_names),
+          "complete": done, "test": _test_of(cfg), "images": records})
+  if paths and not records and unreadable == len(paths):
+    raise ValueError(f"none of the {len(paths)} input images can be read")
+  return pngs, unreadable
+
+
+def _test_of(cfg) -> dict:
+  """The test settings the poses were predicted with (written into the json)."""
+  from sbpose_jax.weights.meta import TestSettings  # why: kept next to its one use
+  return TestSettings.from_config(cfg).to_dict()
 
 
 def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_thr: float,
                   use_nms: bool) -> pathlib.Path:
-  """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json."""
+  """Whole-frame poses of every frame of a video → out_dir/<stem>.mp4 and <stem>.json.
+
+  Both are written to temporary names and renamed when the run ends, however it ends: a
+  broken video or an interruption keeps the frames done ("complete": false in the json).
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   src, frames = video.open_source(str(path)), []
-  with video.VideoWriter(str(out / f"{path.stem}.mp4"), src.fps) as writer:
+  done = False
+  writer = video.VideoWriter(str(out / f"{path.stem}.mp4"), src.fps)
+  try:
     def flush(chunk):
       # Frames come BGR; the model gets the config's colour order, as decode_image gives it.
       imgs = [(pathlib.Path(f.name), _to_rgb(f.image, "bgr") if cfg.data.colour_order == "rgb"
@@ -169,47 +250,63 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
         writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         frames.append([{"score": s, "keypoints": np.round(k.astype(np.float64), 3).tolist()}
                        for s, k in zip(r["scores"], kp)])
-    try:
-      chunk = []
-      for f in video.prefetch(src.frames()):
-        chunk.append(f)
-        if len(chunk) == batch_size:
-          flush(chunk)
-          chunk = []
-      if chunk:
+    chunk = []
+    for f in video.prefetch(src.frames()):
+      chunk.append(f)
+      if len(chunk) == batch_size:
         flush(chunk)
-    finally:     # a broken video keeps what came before it
-      (out / f"{path.stem}.json").write_text(json.dumps(
-          {"dataset": cfg.data.dataset, "video": str(path), "fps": src.fps, "frames": frames}))
+        chunk = []
+    if chunk:
+      flush(chunk)
+    done = True
+  except KeyboardInterrupt as e:
+    e.args = (f"interrupted at frame {len(frames)} of {path}: the {len(frames)} frames done "
+              f"were written to {out / path.stem}.mp4 and .json",)
+    raise
+  except video.VideoError as e:
+    raise video.VideoError(f"{e} — the {len(frames)} frames before it were written to "
+                           f"{out / path.stem}.mp4 and .json", e.frame) from e
+  finally:     # a broken or interrupted video keeps what came before it
+    writer.close()
+    if frames or done:   # no frame: an earlier run's pair stays as it was
+      outputs.write_json(out / f"{path.stem}.json", {
+          "dataset": cfg.data.dataset, "video": str(path), "fps": src.fps, "complete": done,
+          "test": _test_of(cfg), "frames": frames})
   return out / f"{path.stem}.mp4"
 
 
 def run(cfg, checkpoint_path, inputs, out_dir, boxes_file=None, batch_size=None,
-        det_score_thr=None, kpt_thr=0.05, use_nms=True) -> list[pathlib.Path]:
-  """The command without argument parsing; returns the written PNG paths."""
-  meta = workdir.read_meta(checkpoint_path)
-  saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
+        det_score_thr=None, kpt_thr=0.05, use_nms=True, explicit=()) -> list[pathlib.Path]:
+  """The command without argument parsing; returns the written PNG and mp4 paths.
+
+  The model's own test settings replace cfg's (`api.apply_model_settings`; `explicit`: the
+  fields the command line set, {field: flag}, which override them with a note).
+  """
+  checkpoint_path = pathlib.Path(checkpoint_path)
+  for note in api.apply_model_settings(cfg, checkpoint_path, explicit):
+    log.info(note)
+  if not checkpoint_path.is_file():      # an exported file is checked by from_config
+    saved_model.check_fits(workdir.read_meta(checkpoint_path), cfg.data.dataset,
+                           checkpoint_path)
   videos = [pathlib.Path(i) for i in inputs if pathlib.Path(i).suffix.lower() in VIDEO_SUFFIXES]
   inputs = [i for i in inputs if pathlib.Path(i).suffix.lower() not in VIDEO_SUFFIXES]
+  for v in videos:
+    if not v.is_file():
+      raise FileNotFoundError(f"input not found: {v}")
   paths = list_images(inputs) if inputs else []
   thr = cfg.data.det_score_thr if det_score_thr is None else det_score_thr
   box_table = read_boxes(boxes_file, paths, thr) if boxes_file else None
-  images = []
-  for p in paths:
-    try:
-      images.append((p, pipeline.decode_image(str(p), cfg.data.colour_order)))
-    except pipeline.BadImageError as e:
-      log.warning("skipping an unreadable image: %s", e)
-  if paths and not images:
-    raise ValueError(f"none of the {len(paths)} input images can be read")
-  boxes = [usable_boxes(p, img.shape[1], img.shape[0], box_table[p.stem])
-           if box_table is not None
-           else [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
-           for p, img in images]
+
+  def boxes_for(p: pathlib.Path, img: np.ndarray):
+    if box_table is None:   # the whole image is one person box
+      return [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]
+    return usable_boxes(p, img.shape[1], img.shape[0], box_table[p.stem], f"--boxes {boxes_file}")
+
   if batch_size:
     cfg.test.batch_size = int(batch_size)
   est = api.PoseEstimator.from_config(cfg, checkpoint_path)
-  written = (write_outputs(out_dir, images, predict_images(est, images, boxes, cfg, use_nms),
-                           cfg, kpt_thr) if images else [])
+  written = []
+  if paths:
+    written += predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr, use_nms)[0]
   return written + [predict_video(est, v, cfg, out_dir, int(cfg.test.batch_size), kpt_thr,
                                   use_nms) for v in videos]

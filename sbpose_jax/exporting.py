@@ -104,12 +104,27 @@ def to_stablehlo(fn, input_wh, coords: str, platforms: Sequence[str] = PLATFORMS
   return bytes(exported.serialize())
 
 
+# jax2onnx 0.17.1 pins orbax-checkpoint below the version this package needs, so it is
+# installed without its dependencies; the `export` extra brings what its conversion imports.
+ONNX_INSTALL = ("pip install 'sbpose_jax[export]' && pip install --no-deps 'jax2onnx==0.17.1'")
+
+
+def check_onnx_tools() -> None:
+  """ValueError with the one command that installs them, unless ONNX export can run here."""
+  import importlib.util  # why: a cheap presence check before anything is compiled
+  missing = [m for m in ("jax2onnx", "onnx", "onnx_ir", "onnxruntime")
+             if importlib.util.find_spec(m) is None]
+  if missing:
+    raise ValueError(f"ONNX export needs {', '.join(missing)}, not installed here; install with:"
+                     f" {ONNX_INSTALL}")
+
+
 def to_onnx(fn, input_wh, coords: str, opset: int = 17) -> bytes:
   """ONNX model bytes of `fn` through jax2onnx, batch dimension "B"."""
   try:
     from jax2onnx import to_onnx as j2o  # why: optional: the export extra
-  except ImportError:
-    raise ValueError("ONNX export needs jax2onnx: pip install 'sbpose_jax[export]'") from None
+  except ImportError as e:
+    raise ValueError(f"ONNX export needs jax2onnx ({e}); install with: {ONNX_INSTALL}") from None
   specs = _arg_specs(input_wh, coords, "B")
   model = j2o(fn, specs, model_name="sbpose_jax", opset=opset,
               input_names=list(INPUT_NAMES[:len(specs)]), output_names=list(OUTPUT_NAMES))
@@ -216,8 +231,10 @@ def sha256(data: bytes) -> str:
 # ----------------------------------------------------------------------------------- the sidecar
 
 def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data: bytes,
-             check: dict, opset: int | None, platforms: Sequence[str] = PLATFORMS) -> dict:
-  """The json written beside the exported file: all a user of the file needs."""
+             check: dict, opset: int | None, platforms: Sequence[str] = PLATFORMS,
+             test=None) -> dict:
+  """The json written beside the exported file: all a user of the file needs; `test`: the
+  model's TestSettings exported (its thresholds apply outside the file)."""
   import jax  # why: loads JAX and the model stack on use, so that --help answers at once
   import sbpose_jax  # why: loads JAX and the model stack on use, so that --help answers at once
   # why: loads JAX and the model stack on use, so that --help answers at once
@@ -247,7 +264,8 @@ def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data
                         "formula": "(x / 255 - mean) / std per channel index, in the model's "
                                    "colour order"},
       "flip_test": settings.flip, "shift_heatmap": settings.shift, "decode": settings.decode,
-      "crop": {"padding": 1.25, "pixel_std": geometry.PIXEL_STD, "aspect_ratio": w / h,
+      "crop": {"padding": test.padding if test is not None else 1.25,
+               "pixel_std": geometry.PIXEL_STD, "aspect_ratio": w / h,
                "rule": "box x, y, w, h -> centre (x + w/2, y + h/2); enlarge w or h to the "
                        "aspect ratio; scale = (w, h) * padding / pixel_std; crop = cv2.warpAffine"
                        " of the image with the 3-point affine of (centre, scale) to (W, H), "
@@ -258,6 +276,8 @@ def describe(meta, settings, input_wh, dataset: str, fmt: str, coords: str, data
       "architecture": json.loads(meta.to_json()),
       "check": check, "sbpose_jax_version": sbpose_jax.__version__, "jax_version": jax.__version__,
   }
+  if test is not None:
+    out["test"] = test.to_dict()
   if fmt == "onnx":
     out["onnx_opset"] = opset
   else:

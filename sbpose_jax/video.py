@@ -19,6 +19,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from sbpose_jax import outputs
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -48,17 +50,35 @@ class Source:
   files: list[str] = dataclasses.field(default_factory=list)    # folder / posetrack inputs
   root: str = ""
   images_meta: list[dict] = dataclasses.field(default_factory=list)  # posetrack `images`
+  skip_bad: bool = False         # folder / posetrack: skip undecodable frames (else VideoError)
+  skipped: list[str] = dataclasses.field(default_factory=list)      # the frames skipped
 
   def frames(self) -> Iterator[Frame]:
     if self.kind == "video":
       yield from _decode_video(self.path)
       return
+    self.skipped.clear()
     for i, rel in enumerate(self.files):
       path = os.path.join(self.root, rel)
-      img = cv2.imread(path, cv2.IMREAD_COLOR)
+      img = decode_frame(path)
       if img is None:
-        raise VideoError(f"cannot read frame {i} of {self.path}: {path}", i)
+        if not self.skip_bad:
+          raise VideoError(f"cannot read frame {i} of {self.path}: {path} is missing or not a "
+                           "decodable image (--skip-bad-frames skips such frames)", i)
+        self.skipped.append(rel)
+        continue
       yield Frame(i, rel, img)
+
+
+def decode_frame(path: str) -> np.ndarray | None:
+  """A BGR image file, or None when it is missing or cannot be decoded completely: OpenCV's
+  imdecode refuses a truncated JPEG, which imread would return half grey with only libjpeg's
+  "Premature end of JPEG file" on stderr (the API and `pack` read images the same way)."""
+  try:
+    buf = np.fromfile(path, np.uint8)
+  except OSError:
+    return None
+  return cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
 
 
 def _decode_video(path: str) -> Iterator[Frame]:
@@ -172,13 +192,17 @@ class VideoWriter:
   """H.264 (libx264, else MPEG-4) mp4 writer for BGR frames.
 
   The first frame sets the size (rounded down to even, as yuv420p needs); later frames of
-  another size (a folder of mixed pictures) are resized to it.
+  another size (a folder of mixed pictures) are resized to it. The file is written to
+  `outputs.part_path(path)` and renamed to `path` by `close()`, once the mp4 is complete: a run
+  stopped on the way (or killed) never leaves a half-written `path`, and an earlier run's file
+  stays until the new one replaces it. `frames` counts the frames written.
   """
 
   def __init__(self, path: str, fps: float, codec: str | None = None):
     import av  # why: pyAV loads only when a video is read or written
     self.path = path
-    self.container = av.open(path, mode="w")
+    self.frames = 0
+    self.container = av.open(str(outputs.part_path(path)), mode="w", format="mp4")
     codec = codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
     from fractions import Fraction  # why: pyAV loads only when a video is read or written
     self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -198,11 +222,23 @@ class VideoWriter:
     frame = self._av.VideoFrame.from_ndarray(img, format="bgr24")
     for packet in self.stream.encode(frame):
       self.container.mux(packet)
+    self.frames += 1
 
   def close(self) -> None:
-    for packet in self.stream.encode():
-      self.container.mux(packet)
-    self.container.close()
+    """Finishes the mp4 and renames it into place (a video of no frame is not written)."""
+    if self.container is None:
+      return
+    try:
+      if self.frames:
+        for packet in self.stream.encode():
+          self.container.mux(packet)
+    finally:
+      self.container.close()
+      self.container = None
+    if self.frames:
+      outputs.finish(self.path)
+    else:
+      outputs.part_path(self.path).unlink(missing_ok=True)
 
   def __enter__(self):
     return self

@@ -139,7 +139,7 @@ def test_batching_padding_and_predict_batch(fixtures_dir, model_dir):
     ("missing", FileNotFoundError, "nope.jpg"),
     ("float_image", ValueError, "uint8"),
     ("bad_boxes", ValueError, r"\(N, 4\)"),
-    ("zero_box", ValueError, "positive width"),
+    ("nan_box", ValueError, "NaN"),
 ])
 def test_bad_inputs_are_one_clear_error(model_dir, tmp_path, case, error, match):
   est = PoseEstimator.load(model_dir)
@@ -152,7 +152,22 @@ def test_bad_inputs_are_one_clear_error(model_dir, tmp_path, case, error, match)
     elif case == "bad_boxes":
       est(image, [[1, 2, 3]])
     else:
-      est(image, [[1, 2, 0, 3]])
+      est(image, [[1, 2, 10, 10], [1, 2, float("nan"), 3]])
+
+
+def test_unusable_boxes_are_skipped_with_a_warning(model_dir, capsys, caplog):
+  """A box smaller than a pixel or outside the image is skipped (named in a warning); the
+  others keep their poses, and `box_index` says which given box each row is."""
+  est = PoseEstimator.load(model_dir)
+  image = np.zeros((50, 40, 3), np.uint8)
+  result = est(image, [[1, 2, 0, 3], [5, 5, 20, 30], [100, 5, 20, 30]], box_scores=[1, .5, 1])
+  assert result.box_index.tolist() == [1] and result.boxes.tolist() == [[5, 5, 20, 30]]
+  assert len(result.keypoints) == len(result.instance_scores) == 1
+  # The package logger's warnings: on stderr once a command set up its handler (which stops
+  # propagation), else through the root logger (pytest's caplog).
+  text = capsys.readouterr().err + caplog.text
+  assert "box 0 [x, y, w, h] = [1, 2, 0, 3]: smaller than 1 px" in text
+  assert "box 2 [x, y, w, h] = [100, 5, 20, 30]: outside the 40x50 image" in text
 
 
 def test_load_refuses_what_is_not_a_pose_model(tmp_path):

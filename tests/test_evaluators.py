@@ -625,3 +625,26 @@ def test_mpii_ground_truth_in_json_head_box_form(fixtures_dir, tmp_path):
   from_json = score_results_file("mpii", ann, str(tmp_path / "pred.mat"), gt_file=str(gt_json))
   assert from_json == pytest.approx(from_mat, abs=1e-12)
   assert 0 < from_mat["Mean"] < 1
+
+
+def test_mmpose_trb_results_with_nested_keypoints_are_scored(fixtures_dir, tmp_path):
+  """MMPose's TopDownMpiiTrbDataset writes result_keypoints.json with each entry's keypoints as
+  K lists [x, y, score] (`keypoints[i].tolist()`): scored like the flat form, not refused."""
+  ann, gt = _trb_with_headboxes(fixtures_dir, tmp_path)
+  rng = np.random.default_rng(3)
+  flat, nested = [], []
+  for a in gt["annotations"]:
+    k = np.asarray(a["keypoints"], np.float64).reshape(40, 3)
+    k[:, :2] += rng.normal(0, 15, (40, 2))
+    flat.append({"ann_id": a["id"], "keypoints": k.reshape(-1).tolist(), "score": 1.0})
+    nested.append({"bbox_id": a["id"], "keypoints": k.tolist(), "score": 1.0,
+                   "center": [0, 0], "scale": [1, 1], "image_id": a["image_id"]})
+  (tmp_path / "flat.json").write_text(json.dumps(flat))
+  (tmp_path / "result_keypoints.json").write_text(json.dumps(nested))
+  want = score_results_file("mpii_trb", ann, str(tmp_path / "flat.json"))
+  got = score_results_file("mpii_trb", ann, str(tmp_path / "result_keypoints.json"))
+  assert got == want and 0 < got["Mean_Acc"] < 1
+  nested[0]["keypoints"][3] = ["12.5", 3, 1]
+  (tmp_path / "bad.json").write_text(json.dumps(nested))
+  with pytest.raises(ValueError, match=r"entry 0 'keypoints'\[3\] must hold numbers only"):
+    score_results_file("mpii_trb", ann, str(tmp_path / "bad.json"))

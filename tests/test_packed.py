@@ -291,3 +291,14 @@ def test_annotation_folder_digest(tmp_path):
   (tmp_path / "b.json").write_text("[3]")
   assert packed.file_digest(tmp_path)["sha256"] != first["sha256"]
   assert first["bytes"] == 6
+
+
+def test_repack_with_other_settings_names_them(syn_pack, syn_root):
+  """A finished pack in --out refuses a pack of other settings, naming each one that differs."""
+  cfg, records, pack = syn_pack
+  other = _config(syn_root, "--config.data.rot_factor=30.0", "--config.data.pack_quality=80")
+  with pytest.raises(ValueError) as e:
+    pack_lib.write_pack(records, other, "train", pack.directory, workers=1, progress_bar=False)
+  text = str(e.value)
+  assert "ranges.max_rotation: 80.0 -> 60.0" in text and "jpeg_quality: 95 -> 80" in text, text
+  assert "\n" not in text

@@ -4,10 +4,12 @@
 the user can cause (a bad config value, a missing or unreadable file, a full or read-only disk,
 bad data) ends the command with ONE line on stderr, `error: <what and where> ...`, and a
 non-zero exit status; the traceback is printed only with `--debug` (or the environment variable
-SBPOSE_DEBUG=1, its older alias). Ctrl-C ends with status 130 and no traceback.
+SBPOSE_DEBUG=1, its older alias). Ctrl-C ends with status 130 and no traceback; SIGTERM is
+turned into the same interruption (`Terminated`, a KeyboardInterrupt: the commands write what
+they have done) and ends with status 143 (128 + the signal's number).
 
 Exit statuses: 0 done, 1 an unexpected error (a bug: re-run with --debug and report it), 2 a
-user error, 3 training diverged, 130 interrupted.
+user error, 3 training diverged, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 
 JAX-free: importing this module must stay cheap, so that `--help` answers at once.
 """
@@ -16,12 +18,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import Callable, Sequence
 
 EXIT_BUG, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 LOGGER = "sbpose_jax"
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt; `signum` its number."""
+
+  def __init__(self, *args, signum: int = signal.SIGTERM):
+    super().__init__(*args)
+    self.signum = int(signum)
+
+
+def _raise_terminated(signum, frame) -> None:
+  del frame
+  raise Terminated(f"terminated by signal {signum}", signum=signum)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+  """130 for Ctrl-C, 128 + the signal's number for a `Terminated`."""
+  return 128 + interrupt.signum if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
 class UserError(Exception):
@@ -52,7 +73,9 @@ def setup_logging(debug: bool = False) -> logging.Logger:
     log.propagate = False
   log.setLevel(logging.DEBUG if debug else logging.INFO)
   if not debug:
-    for name in ("absl", "orbax", "grain", "asyncio", "jax._src.xla_bridge"):
+    # onnx_ir's serde warns about every initializer it reads back during an ONNX export.
+    for name in ("absl", "orbax", "grain", "asyncio", "jax._src.xla_bridge", "onnx_ir",
+                 "jax2onnx", "onnxscript"):
       logging.getLogger(name).setLevel(logging.CRITICAL)
     # Background threads (orbax's async writes) print their own tracebacks through
     # threading.excepthook / sys.excepthook when a save fails, and tensorstore's native
@@ -160,13 +183,16 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
         " (config overrides look like --config.optim.lr=1e-3)" if allow_overrides else ""))
   debug = debug_enabled(args)
   setup_logging(debug)
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     return int(command(args, rest) or 0)
   except KeyboardInterrupt as e:
     if debug:
       raise
     print(str(e) or "interrupted", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return exit_status(e)
   except SystemExit:
     raise
   except Exception as e:
@@ -180,6 +206,9 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
     print(f"error: {type(e).__name__}: {describe(e)} (unexpected: re-run with --debug for the "
           "traceback and report it)", file=sys.stderr)
     return EXIT_BUG
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
 
 
 def main_exit(command, parser, argv=None) -> None:

@@ -12,6 +12,7 @@ import ast
 import importlib
 import importlib.resources
 import importlib.util
+import json
 import logging
 import pathlib
 import sys
@@ -109,9 +110,13 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, object]]:
   return out
 
 
-def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """The config with `overrides` applied and its dependent sizes derived (`derive_sizes`)."""
-  cfg = _load_module(name_or_path).get_config()
+def load(name_or_path: str, overrides: Sequence[str] = (),
+         base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """The config with `overrides` applied and its dependent sizes derived (`derive_sizes`).
+
+  `base`: a config already made (`for_model`) instead of the one `name_or_path` names.
+  """
+  cfg = _load_module(name_or_path).get_config() if base is None else base
   cfg.lock()
   parsed = parse_overrides(overrides)
   for key, value in parsed:
@@ -146,3 +151,68 @@ def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[s
       notes.append(f"data.sigma = {d.sigma:.4g} (scaled with the heatmap height; override "
                    "--config.data.sigma to choose another)")
   return notes
+
+
+# ------------------------------------------------------------- the config that goes with a model
+
+def explicit_test_keys(overrides: Sequence[str]) -> dict[str, str]:
+  """{TestSettings field: "--config.KEY"} of the test settings `overrides` set explicitly."""
+  from sbpose_jax.weights.meta import TEST_KEYS  # why: JAX-free; kept next to its one use
+  keys = {key for key, _ in parse_overrides(overrides)}
+  return {field: f"--config.{key}" for field, key in TEST_KEYS.items() if key in keys}
+
+
+def _overlay(cfg: ml_collections.ConfigDict, saved, prefix: str = "") -> None:
+  """Sets the leaves of `saved` (a config.json dict) that `cfg` has; tuples stay tuples."""
+  for key, value in saved.items():
+    if key not in cfg:
+      continue
+    if key == "evals" and not prefix:
+      cfg.evals = ml_collections.ConfigDict(value)
+    elif isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      _overlay(cfg[key], value, f"{prefix}{key}.")
+    else:
+      old = cfg[key]
+      cfg[key] = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
+
+
+def _workdir_config(checkpoint: pathlib.Path) -> pathlib.Path | None:
+  for folder in (checkpoint, checkpoint.parent):
+    if checkpoint.is_dir() and (folder / "config.json").is_file():
+      return folder / "config.json"
+  return None
+
+
+def config_for_dataset(dataset: str) -> str:
+  """The named config of a dataset's joints: `<dataset>_res50`, else the first one found."""
+  import importlib as il  # why: kept next to its one use
+  preferred = f"{dataset}_res50"
+  if preferred in names():
+    return preferred
+  for name in names():
+    if il.import_module(f"{CONFIG_PACKAGE}.{name}").get_config().data.dataset == dataset:
+      return name
+  return "common"
+
+
+def for_model(name_or_path: str | None, overrides: Sequence[str], checkpoint,
+              dataset: str | None = None) -> ml_collections.ConfigDict:
+  """`--config NAME` with its overrides; without one, the config that goes with the model:
+  its training workdir's config.json, else the named config of its dataset (`dataset`, the
+  model's). The model's own test settings replace the config's later
+  (`api.apply_model_settings`): this config supplies the rest (data paths, tracking, ...)."""
+  if name_or_path:
+    return load(name_or_path, overrides)
+  log = logging.getLogger("sbpose_jax")
+  saved = _workdir_config(pathlib.Path(checkpoint))
+  if saved is not None:
+    data = json.loads(saved.read_text())
+    base_name = data.get("name") if data.get("name") in names() else "common"
+    base = _load_module(base_name).get_config()
+    _overlay(base, data)
+    log.info(f"no --config: using {saved} (the model's training config)")
+    return load(base_name, overrides, base=base)
+  name = config_for_dataset(dataset or "coco")
+  log.info(f"no --config: using config {name} (dataset {dataset}) beside the model's own "
+           "test settings")
+  return load(name, overrides)

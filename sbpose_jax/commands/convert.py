@@ -32,7 +32,10 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("src", help="PyTorch checkpoint (.pth / .pth.tar), zip or legacy format")
   parser.add_argument("dst", help="output saved-model directory")
-  parser.add_argument("--config", help="config name or path to check the shapes against")
+  parser.add_argument("--config", help="config name or path to check the shapes against; the "
+                                       "model records its test settings (crop size, flip, "
+                                       "decoding, thresholds; default: the published ones at "
+                                       "the file name's HxW)")
   parser.add_argument("--style", choices=STYLES,
                       help="ResNet style (default: the config's, else pytorch)")
   parser.add_argument("--colour-order", choices=("rgb", "bgr"),
@@ -65,8 +68,11 @@ def main(argv=None) -> int:
     print(f"convert: error: {msg}".replace("\n", " "), file=sys.stderr)
     return 1
   kind = "backbone" if meta.backbone_only else f"{meta.num_joints} joints"
+  test = "" if meta.backbone_only or meta.test is None else (
+      f"; test settings {meta.test.describe(('input_size', 'flip', 'decode'))} (from "
+      f"{'config ' + config.name if config is not None else 'the file name and defaults'})")
   print(f"wrote {args.dst}: ResNet-{meta.depth} ({meta.style}), {kind}, "
-        f"{meta.colour_order.upper()} input, from {meta.source}")
+        f"{meta.colour_order.upper()} input, from {meta.source}{test}")
   return 0
 
 

@@ -6,10 +6,14 @@
       [--gt-file F (MPII)] [--crowdpose-ignore 2020|current (CrowdPose)]
   python -m sbpose_jax.evaluate --config coco_res50 --results out/keypoints.json --out-dir O
 
-Paths default to the config's evaluation data (`config.data` updated with `evals.val.data`);
-the flags override them. Writes O/keypoints.json (the dataset's results format) and
-O/metrics.json, and prints the published table's columns. `--results FILE` scores an existing
-results file with no model.
+The model (a saved model, a training workdir or an exported file) brings its own test settings
+(crop size, flip, decoding, thresholds); `--no-flip` and `--config.test.KEY=VALUE` override
+them with a printed note (a crop size other than the model's is refused). Without --config, a
+workdir's config.json is used, else the named config of the model's dataset. Paths default
+to the config's evaluation data (`config.data` updated with `evals.val.data`); the flags
+override them. Writes O/keypoints.json (the dataset's results format) and O/metrics.json (with
+the test settings used), and prints the published table's columns. `--results FILE` scores an
+existing results file with no model.
 """
 from __future__ import annotations
 
@@ -33,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m sbpose_jax.evaluate", description=__doc__.split("\n\n")[0],
       epilog="Any --config.KEY=VALUE argument overrides a config field.")
-  p.add_argument("--config", required=True, help="config name (sbpose_jax/configs/NAME.py) or path")
-  p.add_argument("--checkpoint", help="saved model directory or training workdir")
+  p.add_argument("--config", help="config name (sbpose_jax/configs/NAME.py) or path (needed "
+                                  "with --results; default with --checkpoint: the workdir's "
+                                  "config.json, else the config of the model's dataset)")
+  p.add_argument("--checkpoint", help="saved model directory, training workdir or exported file")
   p.add_argument("--results", help="score this existing results file instead of a model")
   p.add_argument("--out-dir", required=True, help="where keypoints.json and metrics.json go")
   p.add_argument("--ann-file", help="ground-truth annotation file (default: from the config)")
@@ -117,9 +123,13 @@ def check_inputs(cfg, need_images: bool = True) -> None:
       raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True
-                   ) -> dict[str, float]:
-  """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir)."""
+def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool = True,
+                   explicit=()) -> dict[str, float]:
+  """Runs a saved model over cfg's evaluation split; returns the metrics (writes out_dir).
+
+  The model's own test settings replace cfg's first (`api.apply_model_settings`; `explicit`:
+  {field: flag} of those the command line set, which override them with a note).
+  """
   # why: these import JAX, orbax and grain; imported here so that `--help` answers at once.
   import jax
 
@@ -127,8 +137,11 @@ def evaluate_model(cfg, eval_type: str, checkpoint_path, out_dir, progress: bool
   from sbpose_jax.weights import saved_model
   from sbpose_jax.training import workdir
   from sbpose_jax.evaluators import loop
-  meta = workdir.read_meta(checkpoint_path)
-  saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
+  for note in api.apply_model_settings(cfg, checkpoint_path, explicit):
+    print(f"note: {note}", file=sys.stderr)
+  if not pathlib.Path(checkpoint_path).is_file():   # an exported file: from_config checks it
+    meta = workdir.read_meta(checkpoint_path)
+    saved_model.check_fits(meta, cfg.data.dataset, checkpoint_path)
   check_inputs(cfg)
   if eval_type not in evaluators.EVALUATORS:
     raise ValueError(f"evaluation type {eval_type!r} unknown; known: "
@@ -203,7 +216,13 @@ def _command(args, overrides, out: dict) -> int:
                      "a file)")
   if args.track and not args.results:
     raise ValueError("--track scores tracked results: give --results DIR")
-  config = config_lib.load(args.config, overrides)
+  if args.results and not args.config:
+    raise ValueError("--results needs --config (the dataset and its ground truth)")
+  dataset = None
+  if not args.config:
+    from sbpose_jax import api  # why: JAX and orbax load after parsing
+    dataset = api.model_dataset(args.checkpoint)
+  config = config_lib.for_model(args.config, overrides, args.checkpoint, dataset)
   cfg, eval_type = config_lib.eval_config(config, args.eval)
   apply_flags(cfg, args)
   if args.results:
@@ -211,12 +230,17 @@ def _command(args, overrides, out: dict) -> int:
     if args.track:
       metrics.update(score_tracking(cfg, eval_type, args.results, args.out_dir))
   else:
+    explicit = config_lib.explicit_test_keys(overrides)
+    if args.no_flip:
+      explicit["flip"] = "--no-flip"
     metrics = evaluate_model(cfg, eval_type, args.checkpoint, args.out_dir,
-                             progress=not args.quiet)
+                             progress=not args.quiet, explicit=explicit)
   info = dict(config=config.name, eval_type=eval_type, checkpoint=args.checkpoint,
               results=args.results, ann_file=str(data_path(cfg, "val_ann")),
               use_gt_bbox=bool(cfg.data.use_gt_bbox), flip=bool(cfg.test.flip),
               decode=cfg.test.decode, dtype=str(cfg.model.dtype),
+              test={**cfg.test.to_dict(), "input_size": list(cfg.data.input_size),
+                    "heatmap_size": list(cfg.data.heatmap_size), "padding": cfg.data.padding},
               **({"gt_file": str(data_path(cfg, "gt_mat_file"))} if eval_type == "mpii" and
                  cfg.data.get("gt_mat_file") else {}),
               **({"crowdpose_ignore": cfg.test.get("crowdpose_ignore", "2020")}
@@ -229,7 +253,9 @@ def _command(args, overrides, out: dict) -> int:
     from sbpose_jax.evaluators import posetrack_mota
     print(posetrack_mota.format_table({k[6:]: v for k, v in metrics.items()
                                        if k.startswith("track/")}))
-  print(f"metrics written to {path}", file=sys.stderr)
+  results_file = pathlib.Path(args.out_dir) / "keypoints.json"
+  wrote = f"{results_file} and {path}" if args.checkpoint and results_file.exists() else path
+  print(f"wrote {wrote}", file=sys.stderr)
   out.update(metrics)
   return 0
 

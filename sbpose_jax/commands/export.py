@@ -28,18 +28,21 @@ from typing import Sequence
 
 from sbpose_jax.commands import cli
 from sbpose_jax import exporting
+from sbpose_jax import outputs
 from sbpose_jax.exporting import COORDS, FORMATS, PLATFORMS, sidecar_path
 
 
 # ------------------------------------------------------------------------------------ exporting
 
 def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: str | None = None,
-                 input_size: Sequence[int] | None = None, flip: bool = True,
-                 decode: str = "default", opset: int = 17,
+                 input_size: Sequence[int] | None = None, flip: bool | None = None,
+                 decode: str | None = None, opset: int = 17,
                  platforms: Sequence[str] = PLATFORMS, log=None) -> dict:
   """Exports the model at `checkpoint`, checks it against JAX, writes `out` and `out`.json.
 
-  Returns the description written. Raises ValueError (and writes nothing) when the exported
+  The model's own test settings (crop size, flip, decoding) are exported; `flip` / `decode`
+  given override them (a note), `input_size` must be the model's. Returns the description
+  written. Raises ValueError (and writes nothing, leaves no temporary file) when the exported
   function differs from the JAX model, or when the requested pipeline cannot be exported.
   """
   import jax  # why: loads JAX and the model stack on use, so that --help answers at once
@@ -49,15 +52,33 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
     raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if coords not in COORDS:
     raise ValueError(f"--coords must be one of {COORDS}, got {coords!r}")
+  ckpt = pathlib.Path(checkpoint)
+  if ckpt.is_file():
+    raise ValueError(f"--checkpoint {checkpoint} is a file (an exported model?); export from "
+                     "the saved model directory or training workdir it came from")
+  if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
+    raise ValueError(f"--input-size must be two positive sizes W H, got "
+                     f"{' '.join(map(str, input_size))}")
+  out = pathlib.Path(out)
+  if out.is_dir() or str(out).endswith(os.sep):
+    raise ValueError(f"--out {out} is a folder; give the file to write, e.g. "
+                     f"{out / ('model.' + ('onnx' if fmt == 'onnx' else 'stablehlo'))}")
+  if out.parent.exists() and not out.parent.is_dir():
+    raise ValueError(f"--out {out}: {out.parent} is not a folder")
+  if fmt == "onnx":
+    exporting.check_onnx_tools()
+  log = log or (lambda msg: None)
+  est = api.PoseEstimator.load(checkpoint, dataset=dataset, input_size=input_size, flip=flip,
+                               decode=decode, flag_names={"input_size": "--input-size",
+                                                          "flip": "--no-flip",
+                                                          "decode": "--decode"})
+  flip, decode = est.test.flip, est.test.decode
   if fmt == "onnx" and decode != "default":
     raise ValueError(
         "--decode unbiased (DARK) is not exported to ONNX: jax2onnx converts it, but on "
         "test heatmaps onnxruntime's result differed from JAX's by up to 44 heatmap pixels "
         "(Newton steps on flat maps amplify float differences); export with --decode "
         "default, or use --format stablehlo")
-  log = log or (lambda msg: None)
-  est = api.PoseEstimator.load(checkpoint, dataset=dataset, input_size=input_size, flip=flip,
-                               decode=decode)
   model, variables, settings = est.model, est.variables, est.settings
   input_wh = est.input_wh
   reference = jax.jit(exporting.keypoints_function(model, variables, settings, input_wh, coords))
@@ -77,14 +98,11 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
         f"crop px, limit {exporting.MAX_DX_PX}; scores by {check['max_dscore']:.3g}, limit "
         f"{exporting.MAX_DSCORE}); nothing written")
   desc = exporting.describe(est.meta, settings, input_wh, est.dataset, fmt, coords, data, check,
-                  opset if fmt == "onnx" else None, platforms)
-  out = pathlib.Path(out)
+                  opset if fmt == "onnx" else None, platforms, test=est.test)
   out.parent.mkdir(parents=True, exist_ok=True)
   for path, payload in ((out, data), (sidecar_path(out),
                                       json.dumps(desc, indent=1).encode())):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    outputs.write_bytes(path, payload)     # beside, then renamed; nothing left on failure
   return desc
 
 
@@ -92,16 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m sbpose_jax.export",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True, help="saved model directory or training workdir")
-  p.add_argument("--format", required=True, choices=FORMATS)
+  p.add_argument("--format", required=True, choices=FORMATS,
+                 help="stablehlo (jax.export; PoseEstimator.load reads it) or onnx (needs "
+                      f"jax2onnx: {exporting.ONNX_INSTALL})")
   p.add_argument("--out", required=True, help="the file to write (and <out>.json beside it)")
   p.add_argument("--coords", default="image", choices=COORDS,
                  help="image: inputs crops, center, scale -> image pixels (default); "
                       "crop: inputs crops -> crop pixels")
   p.add_argument("--dataset", help="joint set (default: the model's meta.json)")
   p.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
-                 help="crop size (default: the training config, else the model's name)")
-  p.add_argument("--no-flip", action="store_true", help="leave the flip test out")
-  p.add_argument("--decode", default="default", choices=("default", "unbiased"))
+                 help="crop size: a check, it must be the model's own (recorded in its "
+                      "meta.json; a model saved before that: its training config or name)")
+  p.add_argument("--no-flip", action="store_true",
+                 help="leave the flip test out (default: the model's own test setting)")
+  p.add_argument("--decode", default=None, choices=("default", "unbiased"),
+                 help="heatmap decoding (default: the model's own test setting; unbiased = "
+                      "DARK, StableHLO only)")
   p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
   p.add_argument("--platforms", default=",".join(PLATFORMS),
                  help="StableHLO: platforms to lower for, comma-separated (default cpu,cuda; "
@@ -112,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args, rest, out: dict) -> int:
   del rest  # no config overrides: everything comes from the saved model
   desc = export_model(args.checkpoint, args.format, args.out, coords=args.coords,
-                      dataset=args.dataset, input_size=args.input_size, flip=not args.no_flip,
+                      dataset=args.dataset, input_size=args.input_size,
+                      flip=False if args.no_flip else None,
                       decode=args.decode, opset=args.opset,
                       platforms=tuple(args.platforms.split(",")),
                       log=lambda m: print(m, file=sys.stderr))

@@ -111,6 +111,33 @@ def _plan(records: Records, config, split: str, out: pathlib.Path) -> dict:
               num_shards=max(1, math.ceil(len(records) / chunk)))
 
 
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def pack_differences(old: dict, new: dict) -> str:
+  """`key.pack_wh: [96, 128] -> [48, 64]; annotations: <the file changed>` between two plans."""
+  keys = ("key", "annotations", "image_root", "num_records")
+  a = _flat({k: old.get(k) for k in keys})
+  b = _flat({k: new.get(k) for k in keys})
+  diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  shown = []
+  for k in diff[:5]:
+    if k.startswith("annotations"):
+      shown.append("the annotation file changed")
+    else:
+      shown.append(f"{k.removeprefix('key.')}: {a.get(k, '<absent>')} -> "
+                   f"{b.get(k, '<absent>')}")
+  return "; ".join(dict.fromkeys(shown)) + (" ..." if len(diff) > 5 else "") if shown else \
+      "the settings differ"
+
+
 def write_pack(records: Records, config, split: str, out, *, workers: int | None = None,
                skip_bad: bool = False, progress_bar: bool = True) -> dict:
   """Packs `records` into `out` (resuming an interrupted pack); returns `pack-<split>.json`.
@@ -125,16 +152,17 @@ def write_pack(records: Records, config, split: str, out, *, workers: int | None
   if finished.exists():
     meta = json.loads(finished.read_text())
     if (meta["key"], meta["annotations"]) != (plan["key"], plan["annotations"]):
-      raise ValueError(f"{out} holds a {split} pack of other settings or annotations "
-                       f"({finished}); use another --out or delete it")
+      raise ValueError(f"{out} holds a {split} pack of other settings ({finished}): "
+                       f"{pack_differences(meta, plan)}; use another --out or delete it")
     return meta
   progress.mkdir(parents=True, exist_ok=True)
   plan_file = progress / "plan.json"
   if plan_file.exists():
     old = json.loads(plan_file.read_text())
     if old != plan:
-      raise ValueError(f"{out} holds an unfinished {split} pack of other settings or data "
-                       f"({plan_file}); use another --out or delete it")
+      raise ValueError(f"{out} holds an unfinished {split} pack of other settings "
+                       f"({plan_file}): {pack_differences(old, plan)}; use another --out or "
+                       "delete it")
   else:
     plan_file.write_text(json.dumps(plan, indent=1))
   n = plan["num_shards"]
@@ -219,13 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                               description=__doc__.split("\n\n")[0],
                               epilog="Any --config.a.b=value overrides a config field.")
   p.add_argument("--config", default="demo", help="config name or path (default: demo)")
-  p.add_argument("--split", choices=("train", "val"), default="train")
+  p.add_argument("--split", choices=("train", "val"), default="train",
+                 help="which split of the config's data to pack (default train)")
   p.add_argument("--out", help="pack directory (default: data.packed_dir, else "
                                "<data.root>/packed/<config name>)")
   p.add_argument("--skip-bad", action="store_true",
                  help="leave out (and count) bad images/annotations instead of stopping")
   p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
   return p
 
 
@@ -239,7 +268,8 @@ def _command(args, rest) -> int:
                     skip_bad=args.skip_bad, progress_bar=not args.no_progress)
   wh = meta["key"]["pack_wh"]
   print(f"{out}: {meta['num_examples']} {args.split} crops of {wh[0]}x{wh[1]} "
-        f"({meta['num_skipped']} skipped as bad)")
+        f"({meta['num_skipped']} skipped as bad); wrote {out / f'pack-{args.split}.json'}, "
+        f"{out / f'records-{args.split}'} and {len(meta['shard_lengths'])} shards")
   return 0
 
 

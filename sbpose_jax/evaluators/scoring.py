@@ -75,9 +75,22 @@ def _is_int(v) -> bool:
 
 
 def _entry_keypoints(path: str, i: int, entry: dict, num_joints: int, name: str) -> np.ndarray:
-  """(K, 3) keypoints of results entry i, checked for the joint count and finite values."""
-  check_numbers(entry.get("keypoints"), f"{path}: entry {i} 'keypoints'")
-  k = np.asarray(entry["keypoints"], np.float64)
+  """(K, 3) keypoints of results entry i, checked for the joint count and finite values.
+
+  Flat [x, y, s] * K (COCO-style), or K lists [x, y, s] as MMPose's TopDownMpiiTrbDataset and
+  TopDownMpiiDataset write them (`keypoints[i].tolist()` of a (K, 3) array).
+  """
+  values = entry.get("keypoints")
+  what = f"{path}: entry {i} 'keypoints'"
+  if isinstance(values, list) and values and all(isinstance(v, list) for v in values):
+    for j, v in enumerate(values):
+      check_numbers(v, f"{what}[{j}]")
+      if len(v) not in (2, 3):
+        raise ValueError(f"{what}[{j}] must be [x, y] or [x, y, score], got {len(v)} numbers")
+    values = [x for v in values for x in (v if len(v) == 3 else v + [1.0])]
+  else:
+    check_numbers(values, what)
+  k = np.asarray(values, np.float64)
   if k.size != 3 * num_joints:
     raise ValueError(f"{path}: entry {i} has {k.size / 3:g} joints; {name} has {num_joints}")
   if not np.isfinite(k).all():

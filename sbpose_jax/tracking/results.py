@@ -4,13 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def results_json(source, info, frames_out: list[list[dict]]) -> dict:
-  """PoseTrack18 results: the input's images (ids, file names) and one annotation per person."""
+def results_json(source, info, frames_out: list[list[dict]], indices=None) -> dict:
+  """PoseTrack18 results: the input's images (ids, file names) and one annotation per person.
+
+  `indices`: each tracked frame's position in the input (default 0, 1, ...: none skipped).
+  """
   cat = {"supercategory": "person", "id": 1, "name": "person",
          "keypoints": list(info.joint_names), "skeleton": [[a + 1, b + 1] for a, b in
                                                            info.skeleton]}
   images, anns = [], []
-  for i, people in enumerate(frames_out):
+  indices = range(len(frames_out)) if indices is None else indices
+  for i, people in zip(indices, frames_out):
     if source.images_meta:
       im = source.images_meta[i]
       images.append({k: im[k] for k in ("id", "file_name", "frame_id", "vid_id") if k in im})

@@ -8,8 +8,9 @@ matching (`tracker.Tracker`), and the results (PoseTrack18 json, mp4, optional P
 """
 from __future__ import annotations
 
-import json
+import logging
 import pathlib
+import shutil
 import time
 
 import cv2
@@ -18,26 +19,66 @@ import numpy as np
 from sbpose_jax import api
 from sbpose_jax import boxes as boxes_lib
 from sbpose_jax import keypoints
+from sbpose_jax import outputs
 from sbpose_jax import video
 from sbpose_jax.tracking import draw
 from sbpose_jax.tracking import flow as flow_lib
 from sbpose_jax.tracking import results
 from sbpose_jax.tracking import tracker
 
+log = logging.getLogger("sbpose_jax")
 
 def read_boxes(path: str, source) -> dict[int, tuple[np.ndarray, np.ndarray]]:
   """A box file (boxes.py formats) -> {frame index: ((N, 4) x1 y1 x2 y2, (N,) scores)}.
 
   A key may be the 0-based frame number, a frame's file name or stem, or a PoseTrack image id.
+  Says in a warning how many frames got boxes when not all did (an empty or non-matching file
+  leaves the tracker with the flow-propagated boxes alone), and how many entries matched none.
   """
   keys: dict = {i: i for i in range(source.num_frames)}
   for i, name in enumerate(source.files):
     keys[name] = keys[pathlib.Path(name).name] = keys[pathlib.Path(name).stem] = i
   for i, im in enumerate(source.images_meta):
     keys[im["id"]] = i
-  table, _ = boxes_lib.read_box_file(path, keys)
+  if source.kind == "video" and not source.num_frames:   # frame count unknown: any number
+    keys = _AnyFrame()
+  table, unmatched = boxes_lib.read_box_file(path, keys)
+  got = sum(1 for a in table.values() if len(a))
+  if unmatched or not source.num_frames or got < source.num_frames:
+    of = f" of the {source.num_frames} frames" if source.num_frames else ""
+    log.warning("--boxes %s: boxes for %d%s%s; keys are 0-based frame numbers, frame file "
+                "names or stems, or PoseTrack image ids; a frame without boxes gets only the "
+                "boxes moved by flow from the previous frame's poses", path, got, of,
+                f" ({unmatched} box entries match no frame)" if unmatched else "")
   return {i: (boxes_lib.xywh_to_xyxy(a[:, :4]).astype(np.float32), a[:, 4].astype(np.float32))
           for i, a in table.items()}
+
+
+class _AnyFrame(dict):
+  """Keys of a video whose frame count is unknown: any 0-based frame number."""
+
+  def __contains__(self, key) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool) and key >= 0
+
+  def __getitem__(self, key):
+    return key
+
+
+def usable_detections(boxes, scores, frame, where: str = "--boxes"):
+  """The boxes (x1 y1 x2 y2) of one frame that have pixels in it; each other one is named in
+  a warning (the box file, the frame and the box, as x, y, w, h)."""
+  h, w = frame.image.shape[:2]
+  keep = []
+  for j, b in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
+    xywh = [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+    why = api.box_problem(xywh, w, h)
+    if why is None:
+      keep.append(j)
+    else:
+      log.warning("%s: frame %d (%s): skipping box %d [x, y, w, h] = %s: %s", where,
+                  frame.index, frame.name, j, api.show_box(xywh), why)
+  keep = np.asarray(keep, np.int64)
+  return np.asarray(boxes, np.float32).reshape(-1, 4)[keep], np.asarray(scores)[keep]
 
 
 # Few compilations, little waste: a frame's boxes are padded to the next of these.
@@ -76,13 +117,21 @@ def with_flow(frames, flow_fn):
 
 
 class _Outputs:
-  """The annotated video, the optional PNGs and the progress bar of one input."""
+  """The annotated video, the optional PNGs and the progress bar of one input.
+
+  The mp4 is written under a temporary name and the PNGs into a temporary folder; `close`
+  renames both into place (replacing an earlier run's), so the out-dir never holds a
+  half-written file nor one run's video beside another run's frames.
+  """
 
   def __init__(self, out: pathlib.Path, source, skeleton, kpt_thr, write_frames, progress):
-    self.png_dir = out / source.name if write_frames else None
+    self.png_final = out / source.name if write_frames else None
+    self.png_dir = out / f".{source.name}.part" if write_frames else None
     if self.png_dir is not None:
-      self.png_dir.mkdir(exist_ok=True)
-    self.writer = video.VideoWriter(str(out / f"{source.name}.mp4"), source.fps)
+      shutil.rmtree(self.png_dir, ignore_errors=True)
+      self.png_dir.mkdir()
+    self.video_path = out / f"{source.name}.mp4"
+    self.writer = video.VideoWriter(str(self.video_path), source.fps)
     self.skeleton, self.kpt_thr = skeleton, kpt_thr
     self.bar, self.start, self.count = None, time.perf_counter(), 0
     if progress:
@@ -93,25 +142,55 @@ class _Outputs:
     drawn = draw.draw_tracks(fr.image, people, self.skeleton, self.kpt_thr)
     self.writer.write(drawn)
     if self.png_dir is not None:
-      cv2.imwrite(str(self.png_dir / f"{pathlib.Path(fr.name).stem}.png"), drawn)
+      outputs.write_png(self.png_dir / f"{pathlib.Path(fr.name).stem}.png", drawn)
     self.count += 1
     if self.bar is not None:
       self.bar.update(1)
       self.bar.set_postfix(fps=f"{self.count / (time.perf_counter() - self.start):.1f}")
 
-  def close(self) -> None:
+  def abandon(self) -> None:
+    """Removes the temporary files (a run that tracked no frame replaces nothing)."""
+    if self.bar is not None:
+      self.bar.close()
+    self.writer.close()            # no frame: removes its part file
+    if self.png_dir is not None:
+      shutil.rmtree(self.png_dir, ignore_errors=True)
+
+  def close(self) -> list[pathlib.Path]:
+    """Finishes the files; returns those written (the mp4 and the PNG folder, if any)."""
     if self.bar is not None:
       self.bar.close()
     self.writer.close()
+    written = [self.video_path] if self.writer.frames else []
+    if self.png_dir is not None:
+      shutil.rmtree(self.png_final, ignore_errors=True)
+      self.png_dir.rename(self.png_final)
+      written.append(self.png_final)
+    return written
+
+
+def _detections(boxes, fr):
+  """This frame's detector boxes: (None, None) without a detector (the whole-frame fallback),
+  else ((N, 4) x1 y1 x2 y2, (N,)). `boxes` is a box file's {frame: ...} or a callable of the
+  frame (a detector)."""
+  if boxes is None:
+    return None, None
+  if callable(boxes):
+    return boxes(fr)
+  return boxes.get(fr.index, (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)))
 
 
 def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False,
-                kpt_thr=None, progress=True):
+                kpt_thr=None, progress=True, boxes_name: str = "--boxes"):
   """Runs the tracker over `source`; returns (results json path, stats dict).
 
-  stats: frames, seconds, and the seconds spent waiting for frames (decoding + flow run ahead
-  in a thread), proposing boxes, in the pose model, matching, and drawing/writing. On a broken
-  video the outputs of the frames before it are written, then VideoError is raised.
+  `boxes`: None (no detector: the whole first frame, then flow), {frame index: (x1 y1 x2 y2,
+  scores)} from `read_boxes`, or fr -> (boxes, scores). A box with no pixels in its frame is
+  skipped with a warning naming it. stats: frames, skipped (undecodable frames skipped), the
+  files written, seconds, and the seconds spent waiting for frames (decoding + flow run ahead
+  in a thread), proposing boxes, in the pose model, matching, and drawing/writing. However the
+  run ends (a broken video: VideoError; Ctrl-C or SIGTERM: KeyboardInterrupt), the frames
+  tracked so far are written (json, mp4, PNGs), each file complete, and the error says so.
   """
   info = keypoints.get(cfg.data.dataset)
   settings = tracker.TrackSettings.from_config(cfg.track)
@@ -119,41 +198,76 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
   trk = tracker.Tracker(settings, info.sigmas_array)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  outputs = _Outputs(out, source, info.skeleton, settings.kpt_thr if kpt_thr is None else kpt_thr,
-                     write_frames, progress)
+  outputs_ = _Outputs(out, source, info.skeleton,
+                      settings.kpt_thr if kpt_thr is None else kpt_thr, write_frames, progress)
   frames = source.frames()
   if trk.needs_flow:     # its own DIS instance: it runs in the decoding thread
     frames = with_flow(frames, flow_lib.DisFlow(settings.flow_preset, settings.flow_max_side))
   else:
     frames = ((f, None) for f in frames)
   frames_out: list[list[dict]] = []
+  indices: list[int] = []
   t = dict(wait=0.0, propose=0.0, pose=0.0, match=0.0, write=0.0)
-  error, start, no_det = None, time.perf_counter(), (np.zeros((0, 4)), np.zeros(0))
+  start = time.perf_counter()
+  path = out / f"{source.name}.json"
+  written = []
   try:
     stamp = time.perf_counter()
     for fr, fl in video.prefetch(frames):
       lap = {"wait": time.perf_counter()}
-      det = boxes.get(fr.index, no_det) if boxes is not None else (None, None)
+      det = _detections(boxes, fr)
+      if det[0] is not None:
+        det = usable_detections(*det, fr, boxes_name)
       bx, sc = trk.propose(fr.image, *det, flow=fl)
       lap["propose"] = time.perf_counter()
       kp = pose_model(fr.image, bx, sc)
       lap["pose"] = time.perf_counter()
-      frames_out.append(trk.update(kp, bx, sc))
+      people = trk.update(kp, bx, sc)
       lap["match"] = time.perf_counter()
-      outputs.add(fr, frames_out[-1])
+      frames_out.append(people)     # before the files: _finish trims to the video's frames
+      indices.append(fr.index)
+      outputs_.add(fr, people)
       lap["write"] = time.perf_counter()
       for k, v in lap.items():
         t[k], stamp = t[k] + v - stamp, v
-  except video.VideoError as e:
-    error = e
-  finally:
-    outputs.close()
-  src = source
-  if error is not None and source.images_meta:      # keep the json consistent: frames done
-    src = type(source)(**{**source.__dict__, "images_meta": source.images_meta[:len(frames_out)]})
-  path = out / f"{source.name}.json"
-  path.write_text(json.dumps(results.results_json(src, info, frames_out)))
-  if error is not None:
-    raise type(error)(f"{error} — the {len(frames_out)} frames before it were tracked and "
-                      f"written to {out}", error.frame) from error
-  return path, dict(frames=len(frames_out), seconds=time.perf_counter() - start, **t)
+  except (KeyboardInterrupt, video.VideoError) as e:
+    written = _finish(outputs_, path, source, info, frames_out, indices)
+    done = (f"the {len(frames_out)} frames before it were tracked and written to "
+            f"{', '.join(str(p) for p in written)}" if written else
+            f"no frame was tracked: nothing was written ({out} is as it was)")
+    if isinstance(e, KeyboardInterrupt):
+      e.args = (f"interrupted at frame {len(frames_out)} of {source.path}: {done}",)
+      raise
+    raise type(e)(f"{e} — {done}", e.frame) from e
+  except BaseException:
+    _finish(outputs_, path, source, info, frames_out, indices)
+    raise
+  written = _finish(outputs_, path, source, info, frames_out, indices)
+  if source.skipped:
+    log.warning("%s: skipped %d undecodable frames (%s%s)", source.path, len(source.skipped),
+                ", ".join(source.skipped[:3]), ", ..." if len(source.skipped) > 3 else "")
+  return path, dict(frames=len(frames_out), skipped=len(source.skipped), written=written,
+                    seconds=time.perf_counter() - start, **t)
+
+
+def _finish(outputs_, path, source, info, frames_out, indices) -> list[pathlib.Path]:
+  """Closes the video and PNGs and writes the json of the frames tracked (each atomically).
+
+  Nothing tracked (stopped before the first frame): nothing is replaced, the out-dir keeps an
+  earlier run's files as they were."""
+  # An interruption inside `add` may leave the last frame in the json only, or in the video
+  # but not its PNG: the json and the PNGs keep exactly the frames the video holds.
+  done = outputs_.writer.frames
+  del frames_out[done:], indices[done:]
+  if outputs_.png_dir is not None:
+    keep = {f"{pathlib.Path(source.files[i]).stem if source.files else f'frame_{i:06d}'}.png"
+            for i in indices}
+    for png in outputs_.png_dir.glob("*.png"):
+      if png.name not in keep:
+        png.unlink()
+  if not frames_out:
+    outputs_.abandon()
+    return []
+  written = outputs_.close()
+  outputs.write_json(path, results.results_json(source, info, frames_out, indices))
+  return [path] + written

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbpose_jax import keypoints
+from sbpose_jax.sizes import network_output_wh
 from sbpose_jax.weights import pth
+from sbpose_jax.weights.meta import TestSettings
 from sbpose_jax.weights import saved_model
 from sbpose_jax.models import resnet
 
@@ -238,6 +240,17 @@ def load_pth(src: str | os.PathLike, style: str = "pytorch", verify_hash: bool =
   return variables, meta
 
 
+def test_settings_of_name(src, meta: saved_model.ModelMeta) -> TestSettings:
+  """A converted model's test settings without a config: the published defaults, at the crop
+  size its file name states (MMPose's `..._256x192-...pth`: H x W), the heatmap the network's
+  output at that size."""
+  found = re.search(r"(\d{2,4})x(\d{2,4})", pathlib.Path(src).name)
+  if not found:
+    return TestSettings()
+  wh = (int(found.group(2)), int(found.group(1)))
+  return TestSettings(input_size=wh, heatmap_size=network_output_wh(wh, meta.num_deconv_layers))
+
+
 def convert(src, dst, config=None, style: str | None = None, colour_order: str | None = None,
             verify_hash: bool = True) -> saved_model.ModelMeta:
   """Converts the .pth `src` into the saved model `dst`; nothing is left at `dst` on failure."""
@@ -249,7 +262,10 @@ def convert(src, dst, config=None, style: str | None = None, colour_order: str |
       saved_model.check_matches_config(meta, config)
     except ValueError as e:
       raise ConvertError(str(e)) from None
-    meta = dataclasses.replace(meta, dataset=config.data.dataset)
+    meta = dataclasses.replace(meta, dataset=config.data.dataset,
+                               test=TestSettings.from_config(config))
+  else:
+    meta = dataclasses.replace(meta, test=test_settings_of_name(src, meta))
   if colour_order:
     meta = dataclasses.replace(meta, colour_order=colour_order)
   dst = pathlib.Path(dst)
