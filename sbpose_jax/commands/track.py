@@ -31,10 +31,11 @@ A key (or image_id) is the 0-based frame number (the first frame is 0), a frame'
 or stem (folder inputs), or a PoseTrack image id. Boxes are pixels, x, y the top-left corner;
 boxes below track.det_score_thr and category_id other than 1 are ignored. Without --boxes
 the tracker starts from the whole first frame as one box and follows people by optical flow
-alone (a whole-frame fallback also used while nobody is tracked). A box smaller than a pixel
-or outside its frame is skipped with a warning naming it; NaN or a malformed entry stops the
-run naming the file and the entry; a file that gives boxes to fewer frames than the input
-has (none: an empty or non-matching file) is a warning saying how many frames got boxes.
+alone (the whole frame is again the box whenever nobody is being tracked). A box smaller
+than a pixel or outside its frame is skipped with a warning naming it; NaN or a malformed
+entry stops the run naming the file and the entry; a file that gives boxes to fewer frames
+than the input has (none: an empty or non-matching file) is a warning saying how many frames
+got boxes.
 """
 
 
