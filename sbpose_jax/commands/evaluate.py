@@ -205,9 +205,10 @@ def score_tracking(cfg, eval_type: str, results_dir, out_dir=None) -> dict[str, 
 def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  path = out / "metrics.json"
-  path.write_text(json.dumps({"metrics": metrics, **info}, indent=1, sort_keys=True))
-  return path
+  # why: the command's writer of complete files (beside, then renamed)
+  from sbpose_jax import outputs
+  return outputs.write_json(out / "metrics.json", {"metrics": metrics, **info}, indent=1,
+                            sort_keys=True)
 
 
 def _command(args, overrides, out: dict) -> int:
