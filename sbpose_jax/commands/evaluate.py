@@ -30,6 +30,7 @@ import ml_collections
 from sbpose_jax.commands import cli
 from sbpose_jax.commands import config as config_lib
 from sbpose_jax import evaluators
+from sbpose_jax import outputs
 from sbpose_jax.data import readers
 
 
@@ -205,8 +206,6 @@ def score_tracking(cfg, eval_type: str, results_dir, out_dir=None) -> dict[str, 
 def write_metrics(out_dir, metrics: dict, info: dict) -> pathlib.Path:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  # why: the command's writer of complete files (beside, then renamed)
-  from sbpose_jax import outputs
   return outputs.write_json(out / "metrics.json", {"metrics": metrics, **info}, indent=1,
                             sort_keys=True)
 
