@@ -215,11 +215,13 @@ def _check_dataset(cfg, path) -> None:
   if not dataset or dataset == wanted:
     return
   mine, theirs = keypoints.get(dataset), keypoints.get(wanted)
+  if mine.num_joints != theirs.num_joints:
+    return     # the joint-count check that follows (saved_model.check_fits) says it
   if (tuple(mine.joint_names), tuple(mine.flip_index)) != (tuple(theirs.joint_names),
                                                             tuple(theirs.flip_index)):
     raise ValueError(f"{path} predicts the {mine.num_joints} joints of {dataset!r}, but config "
-                     f"{cfg.get('name', '')} is for {wanted!r} ({theirs.num_joints} joints, "
-                     "another order or flip pairs); drop --config (the model's own is used) or "
+                     f"{cfg.get('name', '')} is for {wanted!r} (as many joints, in another "
+                     "order or with other flip pairs); drop --config (the model's own is used) or "
                      f"give a config of {dataset!r}")
 
 
