@@ -330,3 +330,145 @@ def load_exported(path) -> tuple[Callable, dict]:
   return run, desc
 
 
+
+
+# ------------------------------------------------------------------ detector + pose, one function
+
+PIPELINE_OUTPUTS = ("boxes", "box_scores", "count", "keypoints", "scores")
+PIPELINE_MAX_DPX = 1e-2    # boxes and keypoints, image pixels (float32 at 1080p: ~1e-4 relative)
+PIPELINE_MAX_DSCORE = 1e-4
+ONNX_PIPELINE_LIMIT = (
+    "the detector + pose pipeline holds the detector's NMS, a lax.while_loop over the candidates "
+    "(inference/nms.py nms_fixed)")
+
+
+def pipeline_function(detector, est, image_wh: Sequence[int], pose_model=None) -> Callable:
+  """Detector + pose as one jnp function of one uint8 RGB image of size `image_wh` (W, H).
+
+  Inside: the detector's resize keeping the aspect ratio (bilinear, half-pixel centres, no
+  antialiasing, rounded to uint8: cv2 INTER_LINEAR's arithmetic but not its fixed-point weights,
+  so a grey level can differ from `detection.prepare`'s) and padding with its pad value,
+  `detection.detect_batch` (network, decoding, score threshold, top-k, NMS, max_per_img), a
+  crop per box (x, y, w, h -> centre and scale as `geometry.box_to_center_scale`, warped on the
+  device as cv2.warpAffine: data/device_warp.py), the pose network with its flip test and
+  decoding (`keypoints_function`, image coordinates). M = the detector's max_per_img.
+
+  fn(image (H, W, 3) uint8 RGB) -> (boxes (M, 4) x1 y1 x2 y2 float32, box_scores (M,),
+  count () int32, keypoints (M, K, 2) image px, scores (M, K)); rows from `count` on are 0.
+  `pose_model`: the pose network's export form (`models.export_form`) for ONNX.
+  """
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  import jax
+  import jax.numpy as jnp
+  from sbpose_jax import geometry
+  from sbpose_jax.data import device_warp
+  from sbpose_jax.inference import detection
+  w, h = (int(v) for v in image_wh)
+  s = detector.settings
+  size = s.input_size
+  new_h, new_w = detection.rescale_size((h, w), size)
+  if new_h < 1 or new_w < 1:
+    raise ValueError(f"a {h}x{w} image is {new_h}x{new_w} pixels at the detector's "
+                     f"{size}x{size} input: too thin to detect people in")
+  spec, det_vars = detector.spec, detector.variables
+  pose_w, pose_h = est.input_wh
+  aspect, padding = pose_w / pose_h, float(est.padding)
+  keypoints_fn = keypoints_function(pose_model or est.model, est.variables, est.settings,
+                                    est.input_wh, "image")
+  valid_hw = np.array([[new_h, new_w]], np.int32)
+  scale_factor = np.array([[new_w / w, new_h / h]], np.float64)
+
+  def fn(image):
+    x = image.astype(jnp.float32)
+    if s.colour_order != "rgb":
+      x = x[..., ::-1]
+    resized = jax.image.resize(x, (new_h, new_w, 3), "linear", antialias=False)
+    resized = jnp.clip(jnp.floor(resized + 0.5), 0, 255)
+    padded = jnp.full((size, size, 3), float(s.pad_value), jnp.float32)
+    padded = padded.at[:new_h, :new_w].set(resized).astype(jnp.uint8)
+    boxes, box_scores, count = detection.detect_batch(det_vars, padded[None], valid_hw,
+                                                      scale_factor, spec)
+    boxes, box_scores, count = boxes[0], box_scores[0], count[0]
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    center = jnp.stack([boxes[:, 0] + bw * 0.5, boxes[:, 1] + bh * 0.5], -1)
+    bw, bh = jnp.where(bw > aspect * bh, bw, bh * aspect), jnp.where(bw > aspect * bh,
+                                                                   bw / aspect, bh)
+    scale = jnp.stack([bw, bh], -1) / geometry.PIXEL_STD * padding
+    # Rotation 0: output pixel -> image pixel is centre + (p - size / 2) * (scale·200 / W).
+    unit = scale[:, 0] * geometry.PIXEL_STD / pose_w
+    zeros = jnp.zeros_like(unit)
+    inv = jnp.stack([jnp.stack([unit, zeros, center[:, 0] - unit * pose_w * 0.5], -1),
+                     jnp.stack([zeros, unit, center[:, 1] - unit * pose_h * 0.5], -1)], 1)
+    crops = device_warp.warp_affine(jnp.broadcast_to(image[None], (len(boxes),) + image.shape),
+                                    inv, (pose_w, pose_h)).astype(jnp.uint8)
+    xy, scores = keypoints_fn(crops, center.astype(jnp.float32), scale.astype(jnp.float32))
+    live = jnp.arange(len(boxes)) < count
+    return (boxes, box_scores, count, jnp.where(live[:, None, None], xy, 0.0),
+            jnp.where(live[:, None], scores, 0.0))
+  return fn
+
+
+def pipeline_to_stablehlo(fn, image_wh, platforms: Sequence[str] = PLATFORMS) -> bytes:
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
+  _need_flatbuffers()
+  w, h = (int(v) for v in image_wh)
+  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct((h, w, 3), np.uint8))
+  return bytes(exported.serialize())
+
+
+def pipeline_to_onnx(fn, image_wh, opset: int = 17) -> bytes:
+  """ONNX bytes through jax2onnx, or ValueError in one line when it cannot convert the
+  pipeline (ONNX_PIPELINE_LIMIT)."""
+  try:
+    from jax2onnx import to_onnx as j2o  # why: optional: the export extra
+  except ImportError as e:
+    raise ValueError(f"ONNX export needs jax2onnx ({e}); install with: {ONNX_INSTALL}") from None
+  w, h = (int(v) for v in image_wh)
+  try:
+    import jax  # why: the input's uint8 dtype
+    model = j2o(fn, [jax.ShapeDtypeStruct((h, w, 3), np.uint8)], model_name="sbpose_jax_pipeline",
+                opset=opset, input_names=["image"], output_names=list(PIPELINE_OUTPUTS))
+  except Exception as e:   # noqa: BLE001 - any converter failure is the same answer
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise ValueError(f"jax2onnx cannot export {ONNX_PIPELINE_LIMIT} ({type(e).__name__}: "
+                     f"{first}); export it with --format stablehlo, or export the pose model "
+                     "alone to ONNX and run the detector beside it") from None
+  del model.graph.value_info[:]
+  return model.SerializeToString()
+
+
+def pipeline_check_images(image_wh, fixtures: Sequence[np.ndarray] = (), count: int = 3
+                          ) -> list[np.ndarray]:
+  """Images of size `image_wh` to check an export on: `fixtures` resized, else rendered
+  synthetic people scaled up."""
+  import cv2  # why: only the export check resizes pictures
+  w, h = (int(v) for v in image_wh)
+  out = [cv2.resize(np.asarray(f), (w, h), interpolation=cv2.INTER_AREA) for f in fixtures]
+  if len(out) < count:
+    rng = np.random.default_rng(0)
+    # why: loads JAX and the model stack on use, so that --help answers at once
+    from sbpose_jax.data import synthetic
+    while len(out) < count:
+      pic = synthetic.render_image(rng, 320, 240)[0][..., ::-1]
+      out.append(cv2.resize(np.ascontiguousarray(pic), (w, h)))
+  return out
+
+
+def compare_pipeline(run_exported: Callable, reference: Callable, images) -> dict:
+  """Max differences of the exported pipeline from JAX on `images`: boxes and keypoints in
+  image pixels, scores; the counts must be equal."""
+  worst = {"max_dpx": 0.0, "max_dscore": 0.0, "same_count": True, "people": []}
+  for img in images:
+    got = run_exported(img)
+    want = [np.asarray(a) for a in reference(img)]
+    n = int(want[2])
+    worst["people"].append(n)
+    if int(got[2]) != n:
+      worst["same_count"] = False
+      continue
+    for i, key in ((0, "max_dpx"), (3, "max_dpx"), (1, "max_dscore"), (4, "max_dscore")):
+      if n:
+        d = float(np.max(np.abs(np.asarray(got[i], np.float64)[:n] - want[i][:n])))
+        worst[key] = max(worst[key], d)
+  return worst

@@ -229,3 +229,65 @@ def test_evaluate_detector_refuses_other_datasets(pose_dir, detectors, tmp_path,
   err = capsys.readouterr().err
   assert "--detector" in err and "COCO detection-results" in err, err
 
+
+
+# ------------------------------------------------------------------ export: detector + pose
+
+@pytest.mark.parametrize("image_wh", [(200, 150), (120, 260)])
+def test_export_pipeline_equals_jax(fixtures_dir, detectors, tmp_path, image_wh):
+  """The exported detector + pose function (StableHLO) equals the JAX one at two picture
+  sizes, on the fixture photos resized to them (the command checks it before writing; here
+  the written file is run again, independently); a person-free picture gives count 0."""
+  pytest.importorskip("flatbuffers")
+  from sbpose_jax import exporting
+  from sbpose_jax.commands import export
+  from test_api import save_tiny
+  pose = save_tiny(tmp_path / "pose_64x48")
+  out = tmp_path / "pipeline.stablehlo"
+  desc = export.main(["--checkpoint", str(pose), "--detector", str(detectors[0]), "--format",
+                      "stablehlo", "--image-size", *map(str, image_wh), "--out", str(out)])
+  assert desc["kind"] == "pipeline" and desc["image_size"] == list(image_wh)
+  run = exporting.stablehlo_runner(out.read_bytes())
+  est = api.PoseEstimator.load(pose)
+  det = detection.Detector.load(detectors[0])
+  reference = jax.jit(exporting.pipeline_function(det, est, image_wh))
+  photos = exporting.pipeline_check_images(image_wh, [_rgb(p) for p in _photos(fixtures_dir)])
+  people = 0
+  for img in photos + [np.full(image_wh[::-1] + (3,), 128, np.uint8)]:
+    got, want = run(img), [np.asarray(a) for a in reference(img)]
+    n = int(want[2])
+    assert int(got[2]) == n
+    people += n
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=0, atol=1e-2)
+    assert not np.asarray(got[3])[n:].any()      # rows past count are zero
+  assert people > 0, "the calibrated detector finds people in the resized photos"
+  nobody = exporting.pipeline_function(detection.Detector.load(detectors[1]), est, image_wh)
+  assert int(jax.jit(nobody)(photos[0])[2]) == 0
+
+
+def test_export_pipeline_onnx_exports_or_says_why(detectors, tmp_path):
+  pytest.importorskip("jax2onnx")
+  pytest.importorskip("onnxruntime")
+  from sbpose_jax.commands import export
+  from test_api import save_tiny
+  pose = save_tiny(tmp_path / "pose_64x48")
+  out = tmp_path / "pipeline.onnx"
+  try:
+    desc = export.export_pipeline(pose, detectors[0], "onnx", out, (160, 120))
+  except ValueError as e:
+    assert "jax2onnx cannot export the detector + pose pipeline" in str(e)
+    assert "while_loop" in str(e) and "\n" not in str(e)
+    assert not out.exists()
+  else:    # exported: the command's check passed (same people, boxes/keypoints within 1e-2)
+    assert desc["check"]["same_count"] and out.is_file()
+
+
+def test_export_pipeline_needs_the_image_size(detectors, tmp_path, capsys):
+  from sbpose_jax.commands import export
+  from test_api import save_tiny
+  pose = save_tiny(tmp_path / "pose_64x48")
+  with pytest.raises(SystemExit):
+    export.main(["--checkpoint", str(pose), "--detector", str(detectors[0]), "--format",
+                 "stablehlo", "--out", str(tmp_path / "x")])
+  assert "give --image-size W H" in capsys.readouterr().err

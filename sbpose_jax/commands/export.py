@@ -3,19 +3,32 @@
   python -m sbpose_jax.export --checkpoint models/coco_res50 --format onnx --out coco_res50.onnx
   python -m sbpose_jax.export --checkpoint workdirs/demo --format stablehlo --out demo.stablehlo \
       [--coords crop|image] [--no-flip] [--decode default|unbiased] [--input-size W H]
+  python -m sbpose_jax.export --checkpoint models/coco_res50 --detector models/rtmdet_m \
+      --image-size 1920 1080 --format stablehlo --out people_1080p.stablehlo
 
-The exported function takes a batch of uint8 RGB crops (B, H, W, 3) (the box warped to the
-input size as `geometry.get_affine_transform(center, scale, 0, (W, H))` + `cv2.warpAffine`
-does) and, with `--coords image` (the default), their `center` (B, 2) and `scale` (B, 2) float32;
-it returns `keypoints` (B, K, 2) float32 (image pixels, or crop pixels with `--coords crop`)
-and `scores` (B, K) float32 (heatmap maxima). Normalisation, the model's colour order, the
-flip test and the decoding run inside; B is symbolic. Beside the file, `<out>.json` lists
-everything else a user needs (input size, mean/std, joints, flip pairs, skeleton, checks).
+Without --detector the exported function takes a batch of uint8 RGB crops (B, H, W, 3) (the box
+warped to the input size as `geometry.get_affine_transform(center, scale, 0, (W, H))` +
+`cv2.warpAffine` does) and, with `--coords image` (the default), their `center` (B, 2) and
+`scale` (B, 2) float32; it returns `keypoints` (B, K, 2) float32 (image pixels, or crop pixels
+with `--coords crop`) and `scores` (B, K) float32 (heatmap maxima). Normalisation, the model's
+colour order, the flip test and the decoding run inside; B is symbolic. Beside the file,
+`<out>.json` lists everything else a user needs (input size, mean/std, joints, flip pairs,
+skeleton, checks).
 
 Every export is run (onnxruntime, or jax.export.deserialize) on rendered person crops at batch
 sizes 1, 3 and 17 and compared with the JAX model before anything is written; a mismatch
 (keypoints > 1e-3 px or scores > 1e-4) writes nothing. ONNX goes through jax2onnx on an
 export-friendly form of the network (`models.export_form`: the same function and variables).
+
+With `--detector DIR` the file is the whole pipeline from a picture: one uint8 RGB image
+(H, W, 3) of the `--image-size` it is exported for in; `boxes` (M, 4) x1 y1 x2 y2, `box_scores`
+(M,), `count`, `keypoints` (M, K, 2) image pixels and `scores` (M, K) out (M: the detector's
+max_per_img; rows from count on are 0): the detector's resize and pad, network, decoding and
+NMS, a crop per box warped on the device, the pose network, flip test and decoding
+(`exporting.pipeline_function`). It is checked against JAX on pictures of that size (the
+same number of people, boxes and keypoints within 1e-2 px, scores within 1e-4) before it is
+written. ONNX: only where jax2onnx converts the detector's NMS (a while loop); where it
+cannot, the export stops with one line saying so.
 """
 from __future__ import annotations
 
@@ -106,6 +119,68 @@ def export_model(checkpoint, fmt: str, out, *, coords: str = "image", dataset: s
   return desc
 
 
+def export_pipeline(checkpoint, detector, fmt: str, out, image_wh: Sequence[int], *,
+                    opset: int = 17, platforms: Sequence[str] = PLATFORMS, check_images=(),
+                    log=None) -> dict:
+  """Exports detector + pose as one function of a W x H uint8 RGB image (module docstring),
+  checks it against JAX on `check_images` (resized to W x H; rendered people when empty),
+  writes `out` and `out`.json. ValueError (nothing written) on a mismatch or an export the
+  format cannot hold."""
+  import jax  # why: loads JAX and the model stack on use, so that --help answers at once
+  # why: loads JAX and the model stack on use, so that --help answers at once
+  from sbpose_jax import api, models
+  from sbpose_jax.inference import detection
+  if fmt not in FORMATS:
+    raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+  if image_wh is None or len(image_wh) != 2 or min(image_wh) <= 0:
+    raise ValueError("--detector exports the pipeline for one picture size: give --image-size "
+                     "W H (e.g. 1920 1080)")
+  if fmt == "onnx":
+    exporting.check_onnx_tools()
+  log = log or (lambda msg: None)
+  out = pathlib.Path(out)
+  est = api.PoseEstimator.load(checkpoint)
+  if est.model is None:
+    raise ValueError(f"--checkpoint {checkpoint}: export from a saved model directory or "
+                     "training workdir, not an exported file")
+  det = detection.Detector.load(detector)
+  w, h = (int(v) for v in image_wh)
+  reference = jax.jit(exporting.pipeline_function(det, est, (w, h)))
+  fn = exporting.pipeline_function(det, est, (w, h), models.export_form(est.model))
+  log(f"exporting detector + pose ({det.meta.describe()}; {est.dataset} pose at "
+      f"{est.input_wh[0]}x{est.input_wh[1]}) for {w}x{h} pictures as {fmt}")
+  data = (exporting.pipeline_to_stablehlo(fn, (w, h), platforms) if fmt == "stablehlo"
+          else exporting.pipeline_to_onnx(fn, (w, h), opset))
+  images = exporting.pipeline_check_images((w, h), check_images)
+  check = exporting.compare_pipeline(exporting.runner(fmt, data, f"the new {fmt} export"),
+                                     reference, images)
+  if not (check["same_count"] and check["max_dpx"] <= exporting.PIPELINE_MAX_DPX
+          and check["max_dscore"] <= exporting.PIPELINE_MAX_DSCORE):
+    raise ValueError(
+        f"the {fmt} pipeline export differs from JAX (same people: {check['same_count']}; "
+        f"boxes/keypoints by {check['max_dpx']:.3g} px, limit {exporting.PIPELINE_MAX_DPX}; "
+        f"scores by {check['max_dscore']:.3g}, limit {exporting.PIPELINE_MAX_DSCORE}); "
+        "nothing written")
+  m, k = det.settings.max_per_img, len(est.info.joint_names)
+  desc = {"kind": "pipeline", "format": fmt, "sha256": exporting.sha256(data),
+          "file_bytes": len(data), "image_size": [w, h],
+          "inputs": [{"name": "image", "shape": [h, w, 3], "dtype": "uint8", "meaning": "RGB"}],
+          "outputs": [{"name": "boxes", "shape": [m, 4], "meaning": "x1 y1 x2 y2 image px"},
+                      {"name": "box_scores", "shape": [m]},
+                      {"name": "count", "shape": [], "meaning": "rows of people; the rest 0"},
+                      {"name": "keypoints", "shape": [m, k, 2], "meaning": "image px"},
+                      {"name": "scores", "shape": [m, k]}],
+          "detector": json.loads(det.meta.to_json()), "dataset": est.dataset,
+          "joint_names": list(est.info.joint_names),
+          "skeleton": [list(p) for p in est.info.skeleton], "pose_input_size": list(est.input_wh),
+          "test": est.test.to_dict(), "check": check,
+          **({"onnx_opset": opset} if fmt == "onnx" else {"platforms": list(platforms)})}
+  out.parent.mkdir(parents=True, exist_ok=True)
+  for path, payload in ((out, data), (sidecar_path(out), json.dumps(desc, indent=1).encode())):
+    outputs.write_bytes(path, payload)
+  return desc
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m sbpose_jax.export",
                               description=__doc__.split("\n\n")[0])
@@ -126,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--decode", default=None, choices=("default", "unbiased"),
                  help="heatmap decoding (default: the model's own test setting; unbiased = "
                       "DARK, StableHLO only)")
+  p.add_argument("--detector", metavar="DIR",
+                 help="a saved person detector: export detector + pose as one function of a "
+                      "picture (needs --image-size; see the description above)")
+  p.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"),
+                 help="with --detector: the picture size the pipeline is exported for")
   p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
   p.add_argument("--platforms", default=",".join(PLATFORMS),
                  help="StableHLO: platforms to lower for, comma-separated (default cpu,cuda; "
@@ -135,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args, rest, out: dict) -> int:
   del rest  # no config overrides: everything comes from the saved model
+  if args.detector:
+    desc = export_pipeline(args.checkpoint, args.detector, args.format, args.out,
+                           args.image_size, opset=args.opset,
+                           platforms=tuple(args.platforms.split(",")),
+                           log=lambda m: print(m, file=sys.stderr))
+    c = desc["check"]
+    print(f"wrote {args.out} and {sidecar_path(args.out)} (max difference from JAX: "
+          f"{c['max_dpx']:.2g} px, scores {c['max_dscore']:.2g}; people found in the check "
+          f"pictures: {c['people']})", file=sys.stderr)
+    out.update(desc)
+    return 0
+  if args.image_size:
+    raise ValueError("--image-size goes with --detector (the pose export takes crops)")
   desc = export_model(args.checkpoint, args.format, args.out, coords=args.coords,
                       dataset=args.dataset, input_size=args.input_size,
                       flip=False if args.no_flip else None,
