@@ -294,11 +294,15 @@ def read_sidecar(path) -> dict:
   try:
     desc = json.loads(side.read_text())
     missing = [k for k in ("input_size", "format", "coords", "sha256", "joint_names", "crop",
-                           "dataset", "input_colour_order") if k not in desc]
+                           "dataset", "input_colour_order") if k not in desc
+               and desc.get("kind") != "pipeline"]
     if missing:
       raise KeyError(f"no {', '.join(missing)}")
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f"{side}: not a valid export description ({e})") from None
+  if desc.get("kind") == "pipeline":
+    raise ValueError(f"{path}: a detector + pose pipeline export (a picture in, not crops); "
+                     f"run it with jax.export.deserialize or onnxruntime as {side} describes")
   return desc
 
 
