@@ -127,6 +127,7 @@ TWO_PROCESSES = textwrap.dedent("""
     from sbpose_jax.inference import pose as inference
     from sbpose_jax.weights import saved_model
     from sbpose_jax.training import workdir as workdir_lib
+    from sbpose_jax.training import checkpoints as checkpoints_lib
     from sbpose_jax.evaluators import loop
     ecfg, eval_type = config_lib.eval_config(cfg)
     val = readers.read_split(ecfg.data, "val")
@@ -145,12 +146,12 @@ TWO_PROCESSES = textwrap.dedent("""
       os.remove(os.path.join(workdir, "checkpoints", "3", "state", "manifest.ocdbt"))
     multihost_utils.sync_global_devices("test: step 3 damaged")
     chosen = []
-    restore_newest = workdir_lib.TrainCheckpoints.restore_newest
+    restore_newest = checkpoints_lib.TrainCheckpoints.restore_newest
     def spy(self, *args, **kwargs):
       out = restore_newest(self, *args, **kwargs)
       chosen.append(out[1])
       return out
-    workdir_lib.TrainCheckpoints.restore_newest = spy
+    checkpoints_lib.TrainCheckpoints.restore_newest = spy
     _, state2 = training.train_and_evaluate(config_lib.load("demo", overrides + [
         "--config.max_steps=4"]), workdir, progress=False, return_state=True)
     digest2 = float(sum(np.sum(np.abs(p.astype(np.float64)))

@@ -24,6 +24,8 @@ from sbpose_jax.training import loop as training
 from sbpose_jax.training import log as train_log
 from sbpose_jax.training import state as ts
 from sbpose_jax.training import workdir as workdir_lib
+from sbpose_jax.training import checkpoints as checkpoints_lib
+from sbpose_jax.training import lock as lock_lib
 from sbpose_jax.data import synthetic
 
 from helpers import tensorboard_scalars
@@ -60,7 +62,7 @@ def template(data_root, tmp_path_factory):
   """A workdir with checkpoints at steps 2 and 4 (and the run's logs)."""
   work = tmp_path_factory.mktemp("template") / "run"
   training.train_and_evaluate(_config(data_root, 4), work, progress=False)
-  assert workdir_lib.latest_step(work) == 4
+  assert checkpoints_lib.latest_step(work) == 4
   return work
 
 
@@ -111,7 +113,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restores(
   part, action, expected = DAMAGES[damage]
   action(work / "checkpoints" / "4" / part)
   lines = []
-  ckpts = workdir_lib.TrainCheckpoints(work, keep=3)
+  ckpts = checkpoints_lib.TrainCheckpoints(work, keep=3)
   state, step = ckpts.restore_newest(_abstract_state(_config(data_root, 4)), log=lines.append)
   assert step == expected and int(state.step) == expected
   if expected == 4:
@@ -120,7 +122,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restores(
     return
   assert len(lines) == 1 and "checkpoint step 4 cannot be restored" in lines[0], lines
   assert "resuming from step 2" in lines[0]
-  assert (work / workdir_lib.BROKEN_DIR / "4").is_dir()        # kept for a post-mortem
+  assert (work / checkpoints_lib.BROKEN_DIR / "4").is_dir()        # kept for a post-mortem
   assert ckpts.latest_step() == 2 and not (work / "checkpoints" / "4").exists()
   ckpts.close()
 
@@ -129,7 +131,7 @@ def test_no_checkpoint_restoring_moves_nothing(template, data_root, tmp_path):
   """A failure of every step is a mismatch (another model), not damage: one line, no moves."""
   work = _copy(template, tmp_path)
   other = _config(data_root, 4, "--config.model.deconv_filters=(16,16,16)")
-  ckpts = workdir_lib.TrainCheckpoints(work, keep=3)
+  ckpts = checkpoints_lib.TrainCheckpoints(work, keep=3)
   with pytest.raises(ValueError, match="no checkpoint in .* can be restored"):
     ckpts.restore_newest(_abstract_state(other), log=print)
   ckpts.close()
@@ -143,7 +145,7 @@ def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, ca
                                       return_state=True)
   out = capsys.readouterr().out
   assert "checkpoint step 4 cannot be restored" in out and "resumed from step 2" in out
-  assert int(state.step) == 6 and workdir_lib.latest_step(work) == 6
+  assert int(state.step) == 6 and checkpoints_lib.latest_step(work) == 6
   # The replayed steps 3-4 are logged once: metrics.jsonl has no line of a step twice.
   lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   steps = [(l["step"], l["kind"]) for l in lines]
@@ -164,7 +166,7 @@ def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, ca
 def test_operational_changes_are_accepted_and_listed_others_refused_with_reason(tmp_path):
   base = config_lib.load("coco_res50")
   assert workdir_lib.check_config(tmp_path, base) == []
-  (tmp_path / workdir_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  (tmp_path / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
   changed = config_lib.load("coco_res50", ["--config.optim.lr=1e-4",
                                            "--config.data.skip_bad_images=True",
                                            "--config.data.num_workers=2", "--config.epochs=300"])
@@ -193,11 +195,11 @@ def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):
                                      work, progress=False)
   out = capsys.readouterr().out
   assert "config change on resume: optim.lr: 1e+30 -> " in out and "resumed from step" in out
-  assert results and workdir_lib.latest_step(work) == 6
+  assert results and checkpoints_lib.latest_step(work) == 6
 
 
 def test_nan_without_checkpoint_says_so(tmp_path):
-  ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
+  ckpts = checkpoints_lib.TrainCheckpoints(tmp_path, keep=2)
   nan = np.float32(np.nan)
   run = training._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=nan, count=np.float32(2), visible=np.float32(1),
@@ -222,7 +224,7 @@ def test_bad_image_hint_is_accepted_on_resume(template, data_root, tmp_path, cap
                            progress=False)
   out = capsys.readouterr().out
   assert "data.skip_bad_images: False -> True" in out and "resumed from step 4" in out
-  assert workdir_lib.latest_step(work) == 6
+  assert checkpoints_lib.latest_step(work) == 6
 
 
 # ------------------------------------------------------------------ one line per error
@@ -299,8 +301,8 @@ def _env():
 
 def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
   work = tmp_path / "run"
-  with workdir_lib.WorkdirLock(work):
-    holder = (work / workdir_lib.LOCK_FILE).read_text()
+  with lock_lib.WorkdirLock(work):
+    holder = (work / lock_lib.LOCK_FILE).read_text()
     assert f"pid {os.getpid()}" in holder
     second = subprocess.run(_command(tmp_path, work, 2), env=_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
@@ -308,23 +310,23 @@ def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
     err = second.stderr.strip().splitlines()
     assert err == [f"error: workdir {work} is in use by {holder.strip()}; wait for that run to "
                    "end (or stop it), or use another --workdir"], err
-  with workdir_lib.WorkdirLock(work):   # released: taken again
+  with lock_lib.WorkdirLock(work):   # released: taken again
     pass
 
 
 def test_lock_of_a_killed_process_is_free(tmp_path):
   work = tmp_path / "run"
-  code = ("import sys, time; from sbpose_jax.training import workdir as w; "
+  code = ("import sys, time; from sbpose_jax.training import lock as w; "
           f"l = w.WorkdirLock({str(work)!r}).__enter__(); print('locked', flush=True); "
           "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "locked"
   with pytest.raises(ValueError, match=f"pid {proc.pid}"):
-    workdir_lib.WorkdirLock(work).__enter__()
+    lock_lib.WorkdirLock(work).__enter__()
   proc.kill()
   proc.wait()
-  with workdir_lib.WorkdirLock(work):
+  with lock_lib.WorkdirLock(work):
     pass
 
 
@@ -341,7 +343,7 @@ def test_ctrl_c_names_the_resume_step_and_exits_130(data_root, tmp_path):
       break
   rest = proc.communicate(timeout=300)[0]
   assert proc.returncode == 130, rest
-  resume = workdir_lib.latest_step(work)
+  resume = checkpoints_lib.latest_step(work)
   tail = rest.strip().splitlines()
   assert tail[-1].startswith("interrupted at step ") and tail[-1].endswith(
       f"resumes from step {resume}"), rest
@@ -353,7 +355,7 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
                                                            checkpoints):
   work = _copy(template, tmp_path)   # its config with max_steps=4: the change line is printed
   if not checkpoints:
-    shutil.rmtree(work / workdir_lib.CHECKPOINT_DIR)
+    shutil.rmtree(work / checkpoints_lib.CHECKPOINT_DIR)
   proc = subprocess.Popen(_command(data_root, work, 400), env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
@@ -368,7 +370,7 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
   assert rest.strip().splitlines()[-1] == (
       f"interrupted before the first step of this run; {expected}"), rest
   assert "Traceback" not in rest and "ERROR" not in rest and "\nstep " not in rest, rest
-  assert workdir_lib.latest_step(work) == (4 if checkpoints else None)
+  assert checkpoints_lib.latest_step(work) == (4 if checkpoints else None)
 
 
 # Runs the rest of its command line with files limited to 150 KB (a preexec_fn would fork a

@@ -39,6 +39,8 @@ from sbpose_jax.training import optim
 from sbpose_jax.training import log as train_log
 from sbpose_jax.training import state as ts
 from sbpose_jax.training import workdir as workdir_lib
+from sbpose_jax.training import checkpoints as checkpoints_lib
+from sbpose_jax.training import lock as lock_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
@@ -173,7 +175,7 @@ class _Run:
   global_batch: int
   lr_fn: Any
   data_sharding: Any
-  ckpts: workdir_lib.TrainCheckpoints
+  ckpts: checkpoints_lib.TrainCheckpoints
   logger: train_log.RunLogger
   eval_sets: dict = dataclasses.field(default_factory=dict)
   pending: list = dataclasses.field(default_factory=list)
@@ -345,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # flush: these lines say what the run does before its first step, also through a pipe.
   say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
   try:
-    with workdir_lib.WorkdirLock(workdir, log=say):
+    with lock_lib.WorkdirLock(workdir, log=say):
       return _train_locked(config, workdir, progress, return_state, say)
   except Interrupted:
     raise
@@ -373,7 +375,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   sizes = Sizes.of(config.data)
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
                           sizes.heatmap_wh, float(config.data.sigma), sizes.input_wh)
-  ckpts = workdir_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
+  ckpts = checkpoints_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
                                        metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
@@ -484,7 +486,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _resume_phrase(workdir: pathlib.Path) -> str:
-  resume = workdir_lib.latest_step(workdir)
+  resume = checkpoints_lib.latest_step(workdir)
   if resume is None:
     return "no checkpoint was written yet, so re-running the same command starts from step 0"
   return f"re-running the same command resumes from step {resume}"
