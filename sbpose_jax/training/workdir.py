@@ -34,14 +34,17 @@ MODEL_LAST = "model_last"
 # step count) holds no learning rate, so the schedule (optim.*, epochs) may change; the data
 # stream is a pure function of the step (resume rebuilds it at its position), so the worker
 # count may change, and skipping unreadable images only changes batches that would fail.
+# The per-device batch only splits the global batch over the devices: it may change with them.
 OPERATIONAL_KEYS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_steps",
                     "epochs", "optim", "data.num_workers", "data.root", "data.skip_bad_images",
                     "data.val_ann", "data.val_images", "data.det_file", "data.use_gt_bbox",
                     "data.det_score_thr", "data.gt_mat_file", "data.val_gt_dir", "test",
-                    "evals", "eval_at_start", "init_checkpoint")
+                    "evals", "eval_at_start", "init_checkpoint", "batch_size_per_device",
+                    "preemption_grace_s")
 # Why the other fields may not change under saved checkpoints (first matching prefix wins).
 REFUSAL_REASONS = (("model", "the saved parameters are of this network"),
-                   ("batch_size_per_device", "the data stream and the step size are per batch"),
+                   ("global_batch_size", "the data stream, the step size and the schedule are "
+                    "per global batch"),
                    ("bn_group_size", "the BatchNorm statistics are per group"),
                    ("seed", "the data order and augmentation are drawn from it"),
                    ("synthetic", "the training images would change"),
@@ -91,6 +94,85 @@ def _has_checkpoints(workdir: pathlib.Path) -> bool:
   return ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
 
 
+def _stored_config(workdir: pathlib.Path) -> dict | None:
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
+                     "workdir?") from None
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _device_counts_phrase(global_batch: int) -> str:
+  counts = _divisors(global_batch)
+  shown = counts if len(counts) <= 12 else counts[:6] + ["..."] + counts[-3:]
+  return ", ".join(map(str, shown))
+
+
+def resolve_batch(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                  n_devices: int) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The global batch of this run on `n_devices`, and the per-device batch that splits it.
+
+  `global_batch_size` is the setting that counts (the data stream, the step size and the
+  schedule are per global batch); `batch_size_per_device` x devices derives it when it is 0,
+  and is derived from it when it is 0 itself. A workdir with checkpoints keeps its run's global
+  batch when the run resumes on another number of devices (the same command, with its
+  per-device batch unchanged, on other hosts): the per-device batch is then derived again, and a
+  note says so.
+
+  Returns:
+    (a copy of `config` with both fields set, notes to print).
+  Raises:
+    ValueError: in one line, when the global batch does not divide over the devices (naming the
+      device counts that work), when both fields are set and disagree, or both are 0.
+  """
+  workdir = pathlib.Path(workdir)
+  g = int(config.get("global_batch_size", 0) or 0)
+  b = int(config.batch_size_per_device or 0)
+  if g < 0 or b < 0:
+    raise ValueError(f"global_batch_size ({g}) and batch_size_per_device ({b}) must be >= 0 "
+                     "(0: derived from the other)")
+  notes = []
+  old = _stored_config(workdir) if _has_checkpoints(workdir) else None
+  kept = int((old or {}).get("global_batch_size", 0) or 0)
+  if kept and g == 0 and b in (0, int(old.get("batch_size_per_device", 0) or 0)):
+    # The same command as the run that wrote the checkpoints, maybe on other devices.
+    if kept % n_devices:
+      raise ValueError(
+          f"workdir {workdir} holds a run with a global batch of {kept}, which does not divide "
+          f"over {n_devices} devices: resume it on a number of devices that divides {kept} "
+          f"({_device_counts_phrase(kept)}), or use another --workdir")
+    if b and b * n_devices != kept:
+      notes.append(f"note: global batch {kept} of the workdir's run kept on {n_devices} "
+                   f"devices: batch_size_per_device {b} -> {kept // n_devices}")
+    g, b = kept, 0
+  if g == 0:
+    if b == 0:
+      raise ValueError("global_batch_size and batch_size_per_device are both 0: set one of "
+                       "them (the other is derived)")
+    g = b * n_devices
+  elif g % n_devices:
+    raise ValueError(
+        f"global_batch_size {g} does not divide over {n_devices} devices: use a number of "
+        f"devices that divides it ({_device_counts_phrase(g)}), or a global batch that is a "
+        f"multiple of {n_devices} (e.g. {max(1, round(g / n_devices)) * n_devices})")
+  elif b and b * n_devices != g:
+    raise ValueError(
+        f"global_batch_size {g} and batch_size_per_device {b} disagree on {n_devices} devices "
+        f"({b} x {n_devices} = {b * n_devices}): set one of them to 0 (derived from the other)")
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    config.global_batch_size = g
+    config.batch_size_per_device = g // n_devices
+  return config, notes
+
+
 def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> list[str]:
   """Stores the config in the workdir; refuses a workdir that holds another config's run.
 
@@ -107,12 +189,11 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
   path = workdir / CONFIG_FILE
   new = json.loads(config_to_json(config))
   changes = []
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-    except ValueError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
-                       "workdir?") from None
+  old = _stored_config(workdir)
+  if old is not None:
+    if "global_batch_size" not in old and "global_batch_size" in new:
+      # Written before the setting existed: its runs resumed on the devices that wrote them.
+      old["global_batch_size"] = new["global_batch_size"]
     diff = config_differences(old, new)
     flat_old, flat_new = _flatten(old), _flatten(new)
     if diff and _has_checkpoints(workdir):
