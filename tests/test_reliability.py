@@ -373,6 +373,131 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
   assert checkpoints_lib.latest_step(work) == (4 if checkpoints else None)
 
 
+# ------------------------------------------------------------------------------ preemption
+
+# The train command, with checkpoint writes (TEST_SLOW_WRITE seconds before each step's commit)
+# and evaluations (TEST_SLOW_EVAL) made slow and announced on stdout: the signals of the tests
+# below land inside them.
+SLOW_TRAIN = """
+import asyncio, os, sys, time
+slow_write = float(os.environ.get("TEST_SLOW_WRITE", "0"))
+slow_after = int(os.environ.get("TEST_SLOW_WRITE_AFTER", "0"))
+slow_eval = float(os.environ.get("TEST_SLOW_EVAL", "0"))
+if slow_write:
+  from orbax.checkpoint._src.path import atomicity
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+  async def slow_finalize(self):
+    # Training checkpoints after step TEST_SLOW_WRITE_AFTER, not saved models.
+    if self._final_path.name.isdigit() and int(self._final_path.name) > slow_after:
+      print(f"writing checkpoint {self._final_path.name}", flush=True)
+      await asyncio.sleep(slow_write)
+    await finalize(self)
+  atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
+if slow_eval:
+  from sbpose_jax.evaluators import loop
+  run_evaluation = loop.run_evaluation
+  def slow_run_evaluation(*args, **kwargs):
+    print("evaluating", flush=True)
+    time.sleep(slow_eval)
+    return run_evaluation(*args, **kwargs)
+  loop.run_evaluation = slow_run_evaluation
+from sbpose_jax.commands import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _slow_train(root, work, steps, *extra):
+  return [sys.executable, "-c", SLOW_TRAIN] + _command(root, work, steps, *extra)[3:]
+
+
+def _complete_steps(work):
+  return sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _signal_on(proc, pid, predicate, sig=signal.SIGTERM):
+  """Reads proc's output until a line satisfies `predicate`, then sends `sig` to `pid`."""
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if predicate(line):
+      os.kill(pid, sig)
+      return lines
+  raise AssertionError("".join(lines))
+
+
+def test_sigterm_during_a_checkpoint_write_checkpoints_the_step_and_exits_75(data_root, tmp_path):
+  """SIGTERM while step 2's checkpoint is being written: that write completes, the step the run
+  stops at gets its own checkpoint, one line names it, exit 75; the same command resumes there."""
+  work = tmp_path / "run"
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.data.num_workers=1"),
+                          env=dict(_env(), TEST_SLOW_WRITE="2"), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _signal_on(proc, proc.pid, lambda line: line.startswith("writing checkpoint 2"))
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 75, rest
+  last = rest.strip().splitlines()[-1]
+  step = int(last.split("at step ")[1].split(":")[0])
+  assert last == (f"preempted (SIGTERM) at step {step}: its checkpoint is written; re-running "
+                  f"the same command resumes from step {step}"), rest
+  assert step >= 2 and _complete_steps(work)[-2:] in ([2, step], [step])
+  assert checkpoints_lib.latest_step(work) == step
+  assert not [p for p in (work / "checkpoints").iterdir() if not p.name.isdigit()]
+  assert "Traceback" not in rest and "leaked" not in rest, rest
+  again = subprocess.Popen(_command(data_root, work, 400), env=_env(), cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  first = next(l for l in again.stdout if "training instances" in l)   # names where it starts
+  again.kill()
+  again.communicate(timeout=60)
+  assert first.rstrip().endswith(f"; resumed from step {step}"), first
+
+
+def test_sigterm_during_evaluation_lets_it_finish_and_checkpoints_its_step(data_root, tmp_path):
+  work = tmp_path / "run"
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.evals.val.every_steps=4"),
+                          env=dict(_env(), TEST_SLOW_EVAL="2"), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _signal_on(proc, proc.pid, lambda line: line.startswith("evaluating"))
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 75, rest
+  assert rest.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 4: "), rest
+  assert checkpoints_lib.latest_step(work) == 4
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert {"step": 4, "kind": "eval/val"}.items() <= next(
+      r for r in rows if r["kind"] != "train").items(), rows   # the evaluation was logged
+
+
+@pytest.mark.parametrize("how", ["second_sigterm", "grace_period"])
+def test_second_sigterm_or_the_grace_period_falls_back_to_the_last_checkpoint(
+    data_root, tmp_path, how):
+  """During the preemption checkpoint's write: a second SIGTERM, or the grace period (1 s here)
+  running out, ends the run at once (exit 143, one line); that write is abandoned, and the
+  newest complete checkpoint is the one a re-run resumes from, as after kill -9."""
+  work = tmp_path / "run"
+  extra = ["--config.checkpoint_every_steps=4"] + (
+      ["--config.preemption_grace_s=1"] if how == "grace_period" else [])
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, *extra),
+                          env=dict(_env(), TEST_SLOW_WRITE="4", TEST_SLOW_WRITE_AFTER="4"),
+                          cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = _signal_on(proc, proc.pid, lambda line: line.startswith("step 6/"))
+  if how == "second_sigterm":
+    for line in proc.stdout:   # the write of the step the run stops at (>= 6; 4 was fast)
+      lines.append(line)
+      if line.startswith("writing checkpoint") and int(line.split()[-1]) > 4:
+        os.kill(proc.pid, signal.SIGTERM)
+        break
+  rest = "".join(lines) + proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, rest
+  last = rest.strip().splitlines()[-1]
+  stopping = int(last.split("checkpoint of step ")[-1].split()[0])
+  why = "a second SIGTERM arrived" if how == "second_sigterm" else (
+      "the grace period of 1 s ran out")
+  assert last == (f"preempted: {why} before the checkpoint of step {stopping} was complete; "
+                  "stopped without it; re-running the same command resumes from step 4"), rest
+  assert stopping >= 6 and _complete_steps(work) == [4]
+  assert "Traceback" not in rest, rest
+
+
 # Runs the rest of its command line with files limited to 150 KB (a preexec_fn would fork a
 # process that has JAX's threads).
 LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
