@@ -177,9 +177,51 @@ def test_operational_changes_are_accepted_and_listed_others_refused_with_reason(
   assert workdir_lib.check_config(tmp_path, changed) == []     # now the stored config
   with pytest.raises(ValueError, match=r"model\.depth: 50 -> 101 \(the saved parameters"):
     workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))
-  with pytest.raises(ValueError, match=r"batch_size_per_device.*data stream"):
-    workdir_lib.check_config(tmp_path, config_lib.load(
-        "coco_res50", ["--config.batch_size_per_device=32"]))
+
+
+def test_the_global_batch_is_kept_across_topologies_or_refused_in_one_line(tmp_path):
+  """The same command on other devices keeps the run's global batch (a note says how it is
+  split now); a device count it does not divide over is refused naming the counts that work."""
+  base = config_lib.load("coco_res50")           # batch_size_per_device 64, global derived
+  resolved, notes = workdir_lib.resolve_batch(base, tmp_path, 8)
+  assert (resolved.global_batch_size, resolved.batch_size_per_device, notes) == (512, 64, [])
+  workdir_lib.check_config(tmp_path, resolved)
+  (tmp_path / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  resumed, notes = workdir_lib.resolve_batch(base, tmp_path, 32)
+  assert (resumed.global_batch_size, resumed.batch_size_per_device) == (512, 64)
+  assert notes == ["note: global batch 512 of the workdir's run kept on 32 devices: 16 per "
+                   "device (not batch_size_per_device=64)"]
+  assert workdir_lib.check_config(tmp_path, resumed) == []   # the same command
+  # Another per-device batch on the same devices is another global batch: refused.
+  with pytest.raises(ValueError, match=r"global_batch_size: 512 -> 256 \(the data stream, "):
+    workdir_lib.check_config(tmp_path, workdir_lib.resolve_batch(config_lib.load(
+        "coco_res50", ["--config.batch_size_per_device=32"]), tmp_path, 8)[0])
+  with pytest.raises(ValueError) as e:
+    workdir_lib.resolve_batch(base, tmp_path, 12)
+  assert str(e.value) == (
+      f"workdir {tmp_path} holds a run with a global batch of 512, which does not divide over "
+      "12 devices: resume it on a number of devices that divides 512 (1, 2, 4, 8, 16, 32, 64, "
+      "128, 256, 512), or use another --workdir")
+  # Explicit settings, without a workdir's run.
+  fresh = tmp_path / "fresh"
+  with pytest.raises(ValueError, match=r"^global_batch_size 100 does not divide over 8 devices: "
+                     r"use a number of devices that divides it \(1, 2, 4, 5, 10, 20, 25, 50, "
+                     r"100\), or a global batch that is a multiple of 8 \(e.g. 96\)$"):
+    workdir_lib.resolve_batch(config_lib.load("coco_res50", [
+        "--config.global_batch_size=100", "--config.batch_size_per_device=0"]), fresh, 8)
+  with pytest.raises(ValueError, match=r"disagree on 4 devices \(64 x 4 = 256\): set one"):
+    workdir_lib.resolve_batch(config_lib.load("coco_res50", ["--config.global_batch_size=512"]),
+                              fresh, 4)
+  derived, _ = workdir_lib.resolve_batch(config_lib.load("coco_res50", [
+      "--config.global_batch_size=512", "--config.batch_size_per_device=0"]), fresh, 4)
+  assert (derived.global_batch_size, derived.batch_size_per_device) == (512, 0)
+  # A workdir written before global_batch_size existed resumes on its devices as before.
+  old = tmp_path / "old"
+  (old / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  stored = json.loads(workdir_lib.config_to_json(base))
+  del stored["global_batch_size"]
+  (old / workdir_lib.CONFIG_FILE).write_text(json.dumps(stored))
+  assert workdir_lib.check_config(old, workdir_lib.resolve_batch(base, old, 8)[0]) == []
 
 
 def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):

@@ -391,6 +391,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   # --- State and data position: fresh, or from the newest checkpoint that restores. The data
   # workers start (process start-up, first batch) while the state is made or restored.
   expected = ckpts.latest_step() or 0
+  preemption.starting_at(expected)
   train_iter = _train_iterator(train_records, config, expected)
   first = _FirstBatch(train_iter)
   try:
@@ -411,7 +412,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   run.logger = train_log.RunLogger(workdir, stop, start, enabled=is_main, progress=progress)
   run.logger.message(
       f"{config.name}: {len(train_records)} training instances, global batch {global_batch} "
-      f"({config.batch_size_per_device}/device x {jax.device_count()} devices, "
+      f"({global_batch // jax.device_count()}/device x {jax.device_count()} devices, "
       f"{jax.process_count()} process(es)), {epoch_steps} steps/epoch, steps {start}->{stop} "
       f"of {total}" + (f"; resumed from step {start}" if start else ""))
   results = {}

@@ -154,6 +154,12 @@ class Preemption:
 
   # ---------------------------------------------------------------------- the decision
 
+  def starting_at(self, step: int) -> None:
+    """Reports the step the run starts from, as early as it is known: JAX's sync protocol
+    drops a notice that comes before any process has reported a step."""
+    if self.mode == "sync":
+      multihost_utils.reached_preemption_sync_point(step)
+
   def stop_requested(self, step: int, checkpoint_step: bool) -> bool:
     """Whether every process stops after `step` (call it on every process at every step).
 

@@ -122,12 +122,14 @@ def resolve_batch(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   `global_batch_size` is the setting that counts (the data stream, the step size and the
   schedule are per global batch); `batch_size_per_device` x devices derives it when it is 0,
   and is derived from it when it is 0 itself. A workdir with checkpoints keeps its run's global
-  batch when the run resumes on another number of devices (the same command, with its
-  per-device batch unchanged, on other hosts): the per-device batch is then derived again, and a
-  note says so.
+  batch when the run resumes on another number of devices (the same command, its per-device
+  batch as stored, on other hosts): each device then takes global / devices rows, and a note
+  says so. config.json keeps `batch_size_per_device` as given (so the same command is
+  recognised on the next topology too) and the resolved `global_batch_size`.
 
   Returns:
-    (a copy of `config` with both fields set, notes to print).
+    (a copy of `config` with `global_batch_size` set, notes to print); per device the run
+    takes global_batch_size / n_devices rows.
   Raises:
     ValueError: in one line, when the global batch does not divide over the devices (naming the
       device counts that work), when both fields are set and disagree, or both are 0.
@@ -150,8 +152,8 @@ def resolve_batch(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
           f"({_device_counts_phrase(kept)}), or use another --workdir")
     if b and b * n_devices != kept:
       notes.append(f"note: global batch {kept} of the workdir's run kept on {n_devices} "
-                   f"devices: batch_size_per_device {b} -> {kept // n_devices}")
-    g, b = kept, 0
+                   f"devices: {kept // n_devices} per device (not batch_size_per_device={b})")
+    g = kept
   if g == 0:
     if b == 0:
       raise ValueError("global_batch_size and batch_size_per_device are both 0: set one of "
@@ -162,14 +164,13 @@ def resolve_batch(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         f"global_batch_size {g} does not divide over {n_devices} devices: use a number of "
         f"devices that divides it ({_device_counts_phrase(g)}), or a global batch that is a "
         f"multiple of {n_devices} (e.g. {max(1, round(g / n_devices)) * n_devices})")
-  elif b and b * n_devices != g:
+  elif b and b * n_devices != g and g != kept:
     raise ValueError(
         f"global_batch_size {g} and batch_size_per_device {b} disagree on {n_devices} devices "
         f"({b} x {n_devices} = {b * n_devices}): set one of them to 0 (derived from the other)")
   config = ml_collections.ConfigDict(config.to_dict())
   with config.unlocked():
     config.global_batch_size = g
-    config.batch_size_per_device = g // n_devices
   return config, notes
 
 
