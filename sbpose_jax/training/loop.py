@@ -383,7 +383,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
                           sizes.heatmap_wh, float(config.data.sigma), sizes.input_wh)
   ckpts = checkpoints_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
-                                       metric="score" if config.evals else None)
+                                           metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
