@@ -6,10 +6,10 @@
 
 Checkpoints are written asynchronously. A step directory only appears once its commit is
 complete, so a run killed at any moment resumes from the last complete one. Retention keeps the
-latest `keep` steps plus the best one by the evaluation metric (orbax `BestN(reverse=False)` keeps
-the *highest* value; docs/ecosystem.md §3). The state is replicated and restored into the shardings of the state it is
-given, so a checkpoint written by N processes restores on any number of processes and devices
-(docs/training.md, "Topology").
+latest `keep` steps plus the best one by the evaluation metric (orbax `BestN(reverse=False)`
+keeps the *highest* value; docs/ecosystem.md §3). The state is replicated and restored into the
+shardings of the state it is given, so a checkpoint written by N processes restores on any
+number of processes and devices (docs/training.md, "Topology").
 """
 from __future__ import annotations
 

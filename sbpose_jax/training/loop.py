@@ -213,8 +213,9 @@ def _check_batch(config) -> tuple[int, int]:
 def _train_iterator(records, config, start_step: int = 0):
   """This process's batches from the one of `start_step` on: its contiguous part (global batch /
   processes rows) of each global batch, targets made on the device from `joints` (less host
-  work and IPC; docs/ecosystem.md §1c). Global batch k is a function of k alone, so a resumed run needs no saved
-  iterator state and may use another data.num_workers, or other processes and devices."""
+  work and IPC; docs/ecosystem.md §1c). Global batch k is a function of k alone, so a resumed
+  run needs no saved iterator state and may use another data.num_workers, or other processes
+  and devices."""
   make = (functools.partial(packed.train_dataset, records) if isinstance(records, packed.Pack)
           else functools.partial(pipeline.train_dataset, records))
   ds = make(
