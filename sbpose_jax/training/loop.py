@@ -454,6 +454,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
           _flush_metrics(run, step, log=False)   # never checkpoint a diverged state
           ckpts.save(step, state, None, None)
         ckpts.wait()
+        preemption.checkpoint_written()
         raise preemption_lib.Preempted(step, preemption.how)
     if start == stop and workdir_lib.last_step(workdir) != stop:
       # Killed between the last checkpoint and model_last: finish the job.

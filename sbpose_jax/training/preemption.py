@@ -183,6 +183,12 @@ class Preemption:
       self._arm_timer()
     return stop
 
+  def checkpoint_written(self) -> None:
+    """The stop step's checkpoint is complete: the grace period no longer matters."""
+    if self._timer is not None:
+      self._timer.cancel()
+      self._timer = None
+
   @property
   def how(self) -> str:
     return "the preemption notice" if self.mode == "sync" else "SIGTERM"
