@@ -84,6 +84,7 @@ class Preemption:
     self._previous = None
     self._installed = False
     self._timer = None
+    self._written = False         # the stop step's checkpoint is complete: exit 75 follows
 
   # --------------------------------------------------------------------------- set-up
 
@@ -120,6 +121,8 @@ class Preemption:
 
   def _on_sigterm(self, signum, frame) -> None:
     del signum, frame
+    if self._written:   # nothing left to lose: the run is ending with its line and 75
+      return
     if self._signalled_at is None:
       self._signalled_at = time.monotonic()
       self._arm_timer()
@@ -185,6 +188,7 @@ class Preemption:
 
   def checkpoint_written(self) -> None:
     """The stop step's checkpoint is complete: the grace period no longer matters."""
+    self._written = True
     if self._timer is not None:
       self._timer.cancel()
       self._timer = None
