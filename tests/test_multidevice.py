@@ -6,13 +6,20 @@ Both run in subprocesses: the device count and jax.distributed must be set befor
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
+
+import numpy as np
+import pytest
 
 
-from sbpose_jax.data import synthetic
+from sbpose_jax.commands import config as config_lib
+from sbpose_jax.data import readers, synthetic
+from sbpose_jax.training import checkpoints as checkpoints_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -127,6 +134,7 @@ TWO_PROCESSES = textwrap.dedent("""
     from sbpose_jax.inference import pose as inference
     from sbpose_jax.weights import saved_model
     from sbpose_jax.training import workdir as workdir_lib
+    from sbpose_jax.training import checkpoints as checkpoints_lib
     from sbpose_jax.evaluators import loop
     ecfg, eval_type = config_lib.eval_config(cfg)
     val = readers.read_split(ecfg.data, "val")
@@ -145,12 +153,12 @@ TWO_PROCESSES = textwrap.dedent("""
       os.remove(os.path.join(workdir, "checkpoints", "3", "state", "manifest.ocdbt"))
     multihost_utils.sync_global_devices("test: step 3 damaged")
     chosen = []
-    restore_newest = workdir_lib.TrainCheckpoints.restore_newest
+    restore_newest = checkpoints_lib.TrainCheckpoints.restore_newest
     def spy(self, *args, **kwargs):
       out = restore_newest(self, *args, **kwargs)
       chosen.append(out[1])
       return out
-    workdir_lib.TrainCheckpoints.restore_newest = spy
+    checkpoints_lib.TrainCheckpoints.restore_newest = spy
     _, state2 = training.train_and_evaluate(config_lib.load("demo", overrides + [
         "--config.max_steps=4"]), workdir, progress=False, return_state=True)
     digest2 = float(sum(np.sum(np.abs(p.astype(np.float64)))
@@ -213,3 +221,217 @@ def test_two_processes_read_disjoint_shards_and_agree(tmp_path):
   assert a["step2"] == b["step2"] == 4 and a["digest2"] == b["digest2"]
   assert (tmp_path / "run" / "broken_checkpoints" / "3" / "state").is_dir()
   assert not (tmp_path / "run" / "broken_checkpoints" / "3.1").exists()
+
+
+# One process of a training run on any topology: argv = process id, processes, local devices,
+# coordinator port, workdir, result file, then config overrides ("--no-evals" drops them). It
+# records what the tests below check: each step's record indices (this process's rows of the
+# global batch), the lock, the restored step, the evaluation's shares and gathers, the pictures.
+TOPOLOGY_RUN = textwrap.dedent("""
+    import json, os, sys
+    pid, count, local, port, workdir, result = (int(sys.argv[1]), int(sys.argv[2]),
+                                                int(sys.argv[3]), sys.argv[4], sys.argv[5],
+                                                sys.argv[6])
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local}"
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from sbpose_jax.commands import config as config_lib
+    from sbpose_jax.commands import train
+    from sbpose_jax.data import pipeline
+    from sbpose_jax.evaluators import loop as eval_loop
+    from sbpose_jax.training import checkpoints, lock, log
+    from sbpose_jax.training import loop as training
+    if count > 1:
+      train.init_distributed(f"127.0.0.1:{port}", count, pid)
+    assert (jax.process_count(), jax.local_device_count()) == (count, local)
+    overrides = [a for a in sys.argv[7:] if a != "--no-evals"]
+    cfg = config_lib.load("demo", overrides)
+    if "--no-evals" in sys.argv:
+      with cfg.unlocked():
+        cfg.evals = type(cfg.evals)()
+    record = dict(pid=pid, steps=[], predicted=0, gathers=0, pictures=[], locked=None,
+                  restored=[])
+    train_dataset = pipeline.train_dataset
+    pipeline.train_dataset = lambda *a, **k: train_dataset(*a, **{**k, "extra_fields": ("index",)})
+    to_global_batch = training.to_global_batch
+    def recording_to_global_batch(local_batch, *a, **k):
+      record["steps"].append([int(i) for i in local_batch["index"]])
+      return to_global_batch(local_batch, *a, **k)
+    training.to_global_batch = recording_to_global_batch
+    predict_batches = eval_loop.predict_batches
+    def counting_predict_batches(*a, **k):
+      out = predict_batches(*a, **k)
+      record["predicted"] += int(np.sum(out["mask"]))
+      return out
+    eval_loop.predict_batches = counting_predict_batches
+    allgather = multihost_utils.process_allgather
+    def counting_allgather(x, *a, **k):
+      record["gathers"] += isinstance(x, dict) and "keypoints" in x
+      return allgather(x, *a, **k)
+    eval_loop.multihost_utils.process_allgather = counting_allgather
+    enter = lock.WorkdirLock.__enter__
+    def spying_enter(self):
+      out = enter(self)
+      record["locked"] = self._fd is not None
+      return out
+    lock.WorkdirLock.__enter__ = spying_enter
+    restore_newest = checkpoints.TrainCheckpoints.restore_newest
+    def spying_restore(self, *a, **k):
+      out = restore_newest(self, *a, **k)
+      record["restored"].append(out[1])
+      return out
+    checkpoints.TrainCheckpoints.restore_newest = spying_restore
+    image = log.RunLogger.image
+    def spying_image(self, *a, **k):
+      out = image(self, *a, **k)
+      record["pictures"].append(str(out) if out else None)
+      return out
+    log.RunLogger.image = spying_image
+    results, state = training.train_and_evaluate(cfg, workdir, progress=False, return_state=True)
+    record.update(step=int(state.step), results=results)
+    if pid == 0:
+      np.savez(result + ".npz", *[np.asarray(x, np.float64) for x in jax.tree.leaves(
+          jax.device_get(dict(params=state.params, stats=state.batch_stats)))])
+    with open(result, "w") as f:
+      json.dump(record, f)
+""")
+
+TOPOLOGY_OVERRIDES = ["--config.synthetic.num_train=6", "--config.synthetic.num_val=3",
+                      "--config.synthetic.seed=3", "--config.data.num_workers=0",
+                      "--config.global_batch_size=4", "--config.batch_size_per_device=0",
+                      "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=3",
+                      "--config.log_every_steps=1", "--config.evals.val.every_epochs=0",
+                      "--config.data.input_size=(64,64)", "--config.data.heatmap_size=(16,16)",
+                      "--config.model.deconv_filters=(8,8,8)", "--config.model.width=8",
+                      "--config.test.batch_size=1", "--config.test.flip=False"]
+
+
+def _run_topology(tmp_path, name, count, local, workdir, steps, *extra):
+  """Runs `count` processes of `local` devices each to step `steps`; their records."""
+  start = time.monotonic()
+  port = str(_free_port())
+  root = tmp_path / "data"
+  procs, files = [], []
+  for pid in range(count):
+    result = tmp_path / f"{name}_{pid}.json"
+    out, err = tmp_path / f"{name}_{pid}.out", tmp_path / f"{name}_{pid}.err"
+    with open(out, "w") as o, open(err, "w") as e:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-c", TOPOLOGY_RUN, str(pid), str(count), str(local), port,
+           str(workdir), str(result), f"--config.data.root={root}",
+           f"--config.max_steps={steps}", *TOPOLOGY_OVERRIDES, *extra],
+          env=_env(), cwd=REPO, stdout=o, stderr=e))
+    files.append((result, out, err))
+  records = []
+  for p, (result, out, err) in zip(procs, files):
+    p.wait(timeout=900)
+    assert p.returncode == 0, f"{name}: " + err.read_text()[-3000:] + out.read_text()[-2000:]
+    records.append(json.loads(result.read_text()))
+  print(f"{name}: {time.monotonic() - start:.0f} s")
+  return records, [out.read_text() for _, out, _ in files]
+
+
+def _params(tmp_path, name):
+  with np.load(tmp_path / f"{name}_0.json.npz") as f:
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def test_topology_changes_on_resume_end_as_an_uninterrupted_run(tmp_path):
+  """2 processes x 2 devices to step 2, 1 x 4 to step 4, its step 4 damaged, then 4 x 1 (with
+  an evaluation split over the processes) from step 3 to 6; against 1 process x 1 device from
+  0 to 6 without a stop. Global batch 4 throughout: every step's batch is the same records in
+  the same order, and the final state equals the uninterrupted run's to float tolerance."""
+  synthetic.ensure_synthetic(tmp_path / "data", {"train": 6, "val": 3}, seed=3)
+  work = tmp_path / "run"
+  reference, _ = _run_topology(tmp_path, "reference", 1, 1, tmp_path / "reference", 6,
+                               "--no-evals")
+  batches = reference[0]["steps"]
+  assert len(batches) == 6 and all(len(b) == 4 for b in batches)
+  first, _ = _run_topology(tmp_path, "2x2", 2, 2, work, 2, "--no-evals")
+  second, _ = _run_topology(tmp_path, "1x4", 1, 4, work, 4, "--no-evals")
+  (work / "checkpoints" / "4" / "state" / "manifest.ocdbt").unlink()   # damage the newest
+  tb_before = set((work / "tb").iterdir())
+  third, outs = _run_topology(tmp_path, "4x1", 4, 1, work, 6)
+  # The same global batches, each process its contiguous part of them.
+  assert [a + b for a, b in zip(first[0]["steps"], first[1]["steps"])] == batches[:2]
+  assert second[0]["steps"] == batches[2:4]
+  assert [sum((r["steps"][i] for r in third), []) for i in range(3)] == batches[3:6]
+  assert not set(third[0]["steps"][0]) & set(third[1]["steps"][0])   # disjoint shards
+  # Resumed from each previous run; the damaged step 4 moved aside once, all on step 3.
+  assert [r["restored"] for r in first] == [[], []] and second[0]["restored"] == [2]
+  assert [r["restored"] for r in third] == [[3]] * 4
+  assert "checkpoint step 4 cannot be restored" in outs[0]
+  assert sorted(p.name for p in (work / "broken_checkpoints").iterdir()) == ["4"]
+  # One lock holder, one writer of logs and pictures; the evaluation split and gathered once.
+  assert [r["locked"] for r in third] == [True, False, False, False]
+  assert len(set((work / "tb").iterdir()) - tb_before) == 1
+  assert third[0]["pictures"] == [str(work / "samples" / "val_0000006.png")]
+  assert all(r["pictures"] == [] for r in third[1:])
+  assert [p.name for p in (work / "eval").iterdir()] == ["val_0000006"]
+  ecfg, _ = config_lib.eval_config(config_lib.load("demo", [
+      f"--config.data.root={tmp_path / 'data'}", *TOPOLOGY_OVERRIDES]))
+  boxes = len(readers.read_split(ecfg.data, "val"))
+  assert all(r["predicted"] > 0 for r in third), third        # each process its share
+  assert sum(r["predicted"] for r in third) == boxes
+  assert [r["gathers"] for r in third] == [1] * 4
+  assert all(r["results"] == third[0]["results"] for r in third) and third[0]["results"]
+  lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  steps = [(l["step"], l["kind"]) for l in lines]
+  assert len(steps) == len(set(steps)) and (6, "eval/val") in steps
+  assert all(r["step"] == 6 for r in third)
+  # The final state against the uninterrupted run's.
+  want, got = _params(tmp_path, "reference"), _params(tmp_path, "4x1")
+  scale = max(float(np.max(np.abs(w))) for w in want)
+  diff = max(float(np.max(np.abs(w - g))) for w, g in zip(want, got))
+  print(f"largest difference {diff:.3g}, relative to the largest value {diff / scale:.3g}")
+  assert diff / scale < 1e-5, (diff, scale)
+
+
+@pytest.mark.parametrize("during", ["evaluation", "checkpoint_write"])
+def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, during):
+  """The train command on 2 processes; SIGTERM to one of them (process 1 while both evaluate,
+  process 0 while step 2's checkpoint is being written): JAX's preemption notice reaches both,
+  they agree on a step, checkpoint it, and both exit 75 with the same line."""
+  from test_reliability import SLOW_TRAIN  # why: the slow writes/evaluations of the 1-process tests
+  root = tmp_path / "data"
+  synthetic.ensure_synthetic(root, {"train": 6, "val": 3}, seed=3)
+  work = tmp_path / "run"
+  port = str(_free_port())
+  overrides = [f"--config.data.root={root}", "--config.max_steps=400",
+               *[o for o in TOPOLOGY_OVERRIDES if "checkpoint_every" not in o],
+               "--config.checkpoint_every_steps=2"]
+  env = dict(_env(), **({"TEST_SLOW_EVAL": "3"} if during == "evaluation" else
+                        {"TEST_SLOW_WRITE": "3"}))
+  if during == "evaluation":
+    overrides.append("--config.evals.val.every_steps=4")
+  procs = []
+  for pid in range(2):
+    command = [sys.executable, "-c", SLOW_TRAIN, "--config", "demo", "--workdir", str(work),
+               "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
+               "--num-processes", "2", "--process-id", str(pid), *overrides]
+    out = subprocess.PIPE if pid == 0 else open(tmp_path / "out1.txt", "w")
+    procs.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=out,
+                                  stderr=subprocess.STDOUT, text=True))
+  marker, target = (("evaluating", procs[1]) if during == "evaluation" else
+                    ("writing checkpoint 2", procs[0]))
+  seen = []
+  for line in procs[0].stdout:
+    seen.append(line)
+    if line.startswith(marker):
+      os.kill(target.pid, signal.SIGTERM)
+      break
+  outs = ["".join(seen) + procs[0].communicate(timeout=600)[0]]
+  procs[1].wait(timeout=600)
+  outs.append((tmp_path / "out1.txt").read_text())
+  assert [p.returncode for p in procs] == [75, 75], outs
+  lasts = [o.strip().splitlines()[-1] for o in outs]
+  step = int(lasts[0].split("at step ")[1].split(":")[0])
+  assert lasts == [f"preempted (the preemption notice) at step {step}: its checkpoint is "
+                   f"written; re-running the same command resumes from step {step}"] * 2, outs
+  assert checkpoints_lib.latest_step(work) == step
+  if during == "evaluation":
+    assert step == 4, outs   # the step being evaluated: the notice came before its end
+  else:
+    assert 2 in [int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()]

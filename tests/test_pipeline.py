@@ -98,6 +98,33 @@ def test_process_shards_are_disjoint_and_cover(records):
   assert sorted(np.concatenate(shards)) == list(range(len(records)))
 
 
+def test_global_batch_is_the_same_on_any_topology(records):
+  """Global batch k (records, order, augmented pixels, joints) on 1, 2 and 4 processes, with 0
+  or 1 data workers, resumed at a batch: each process's part is its contiguous rows of it."""
+  cfg = _config()
+  g, n_batches = 4, 4        # 8 records: the stream crosses an epoch (reshuffled, redrawn)
+  fields = ("index",)
+
+  def batches(p, count, workers=0, start=0):
+    it = iter(pipeline.train_dataset(records, cfg, batch_size=g // count, seed=7,
+                                     process_index=p, process_count=count, host_targets=False,
+                                     num_workers=workers, extra_fields=fields,
+                                     start_batch=start))
+    out = [next(it) for _ in range(n_batches - start)]
+    if hasattr(it, "close"):
+      it.close()
+    return out
+
+  reference = batches(0, 1)
+  assert len({tuple(b["index"]) for b in reference}) > 1
+  for count, workers, start in ((2, 0, 0), (4, 0, 0), (2, 1, 1), (4, 0, 2)):
+    parts = [batches(p, count, workers, start) for p in range(count)]
+    for k in range(start, n_batches):
+      joined = {key: np.concatenate([parts[p][k - start][key] for p in range(count)])
+                for key in reference[k]}
+      assert _same(joined, reference[k]), (count, workers, start, k)
+
+
 def test_frozen_centre_shift(records):
   cfg = _config()
   a = pipeline.shifted_records(records, cfg, seed=3)

@@ -24,6 +24,8 @@ from sbpose_jax.training import loop as training
 from sbpose_jax.training import log as train_log
 from sbpose_jax.training import state as ts
 from sbpose_jax.training import workdir as workdir_lib
+from sbpose_jax.training import checkpoints as checkpoints_lib
+from sbpose_jax.training import lock as lock_lib
 from sbpose_jax.data import synthetic
 
 from helpers import tensorboard_scalars
@@ -60,7 +62,7 @@ def template(data_root, tmp_path_factory):
   """A workdir with checkpoints at steps 2 and 4 (and the run's logs)."""
   work = tmp_path_factory.mktemp("template") / "run"
   training.train_and_evaluate(_config(data_root, 4), work, progress=False)
-  assert workdir_lib.latest_step(work) == 4
+  assert checkpoints_lib.latest_step(work) == 4
   return work
 
 
@@ -111,7 +113,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restores(
   part, action, expected = DAMAGES[damage]
   action(work / "checkpoints" / "4" / part)
   lines = []
-  ckpts = workdir_lib.TrainCheckpoints(work, keep=3)
+  ckpts = checkpoints_lib.TrainCheckpoints(work, keep=3)
   state, step = ckpts.restore_newest(_abstract_state(_config(data_root, 4)), log=lines.append)
   assert step == expected and int(state.step) == expected
   if expected == 4:
@@ -120,7 +122,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restores(
     return
   assert len(lines) == 1 and "checkpoint step 4 cannot be restored" in lines[0], lines
   assert "resuming from step 2" in lines[0]
-  assert (work / workdir_lib.BROKEN_DIR / "4").is_dir()        # kept for a post-mortem
+  assert (work / checkpoints_lib.BROKEN_DIR / "4").is_dir()        # kept for a post-mortem
   assert ckpts.latest_step() == 2 and not (work / "checkpoints" / "4").exists()
   ckpts.close()
 
@@ -129,7 +131,7 @@ def test_no_checkpoint_restoring_moves_nothing(template, data_root, tmp_path):
   """A failure of every step is a mismatch (another model), not damage: one line, no moves."""
   work = _copy(template, tmp_path)
   other = _config(data_root, 4, "--config.model.deconv_filters=(16,16,16)")
-  ckpts = workdir_lib.TrainCheckpoints(work, keep=3)
+  ckpts = checkpoints_lib.TrainCheckpoints(work, keep=3)
   with pytest.raises(ValueError, match="no checkpoint in .* can be restored"):
     ckpts.restore_newest(_abstract_state(other), log=print)
   ckpts.close()
@@ -143,7 +145,7 @@ def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, ca
                                       return_state=True)
   out = capsys.readouterr().out
   assert "checkpoint step 4 cannot be restored" in out and "resumed from step 2" in out
-  assert int(state.step) == 6 and workdir_lib.latest_step(work) == 6
+  assert int(state.step) == 6 and checkpoints_lib.latest_step(work) == 6
   # The replayed steps 3-4 are logged once: metrics.jsonl has no line of a step twice.
   lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   steps = [(l["step"], l["kind"]) for l in lines]
@@ -164,7 +166,7 @@ def test_run_resumes_past_a_damaged_checkpoint(template, data_root, tmp_path, ca
 def test_operational_changes_are_accepted_and_listed_others_refused_with_reason(tmp_path):
   base = config_lib.load("coco_res50")
   assert workdir_lib.check_config(tmp_path, base) == []
-  (tmp_path / workdir_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  (tmp_path / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
   changed = config_lib.load("coco_res50", ["--config.optim.lr=1e-4",
                                            "--config.data.skip_bad_images=True",
                                            "--config.data.num_workers=2", "--config.epochs=300"])
@@ -175,9 +177,51 @@ def test_operational_changes_are_accepted_and_listed_others_refused_with_reason(
   assert workdir_lib.check_config(tmp_path, changed) == []     # now the stored config
   with pytest.raises(ValueError, match=r"model\.depth: 50 -> 101 \(the saved parameters"):
     workdir_lib.check_config(tmp_path, config_lib.load("coco_res101"))
-  with pytest.raises(ValueError, match=r"batch_size_per_device.*data stream"):
-    workdir_lib.check_config(tmp_path, config_lib.load(
-        "coco_res50", ["--config.batch_size_per_device=32"]))
+
+
+def test_the_global_batch_is_kept_across_topologies_or_refused_in_one_line(tmp_path):
+  """The same command on other devices keeps the run's global batch (a note says how it is
+  split now); a device count it does not divide over is refused naming the counts that work."""
+  base = config_lib.load("coco_res50")           # batch_size_per_device 64, global derived
+  resolved, notes = workdir_lib.resolve_batch(base, tmp_path, 8)
+  assert (resolved.global_batch_size, resolved.batch_size_per_device, notes) == (512, 64, [])
+  workdir_lib.check_config(tmp_path, resolved)
+  (tmp_path / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  resumed, notes = workdir_lib.resolve_batch(base, tmp_path, 32)
+  assert (resumed.global_batch_size, resumed.batch_size_per_device) == (512, 64)
+  assert notes == ["note: global batch 512 of the workdir's run kept on 32 devices: 16 per "
+                   "device (not batch_size_per_device=64)"]
+  assert workdir_lib.check_config(tmp_path, resumed) == []   # the same command
+  # Another per-device batch on the same devices is another global batch: refused.
+  with pytest.raises(ValueError, match=r"global_batch_size: 512 -> 256 \(the data stream, "):
+    workdir_lib.check_config(tmp_path, workdir_lib.resolve_batch(config_lib.load(
+        "coco_res50", ["--config.batch_size_per_device=32"]), tmp_path, 8)[0])
+  with pytest.raises(ValueError) as e:
+    workdir_lib.resolve_batch(base, tmp_path, 12)
+  assert str(e.value) == (
+      f"workdir {tmp_path} holds a run with a global batch of 512, which does not divide over "
+      "12 devices: resume it on a number of devices that divides 512 (1, 2, 4, 8, 16, 32, 64, "
+      "128, 256, 512), or use another --workdir")
+  # Explicit settings, without a workdir's run.
+  fresh = tmp_path / "fresh"
+  with pytest.raises(ValueError, match=r"^global_batch_size 100 does not divide over 8 devices: "
+                     r"use a number of devices that divides it \(1, 2, 4, 5, 10, 20, 25, 50, "
+                     r"100\), or a global batch that is a multiple of 8 \(e.g. 96\)$"):
+    workdir_lib.resolve_batch(config_lib.load("coco_res50", [
+        "--config.global_batch_size=100", "--config.batch_size_per_device=0"]), fresh, 8)
+  with pytest.raises(ValueError, match=r"disagree on 4 devices \(64 x 4 = 256\): set one"):
+    workdir_lib.resolve_batch(config_lib.load("coco_res50", ["--config.global_batch_size=512"]),
+                              fresh, 4)
+  derived, _ = workdir_lib.resolve_batch(config_lib.load("coco_res50", [
+      "--config.global_batch_size=512", "--config.batch_size_per_device=0"]), fresh, 4)
+  assert (derived.global_batch_size, derived.batch_size_per_device) == (512, 0)
+  # A workdir written before global_batch_size existed resumes on its devices as before.
+  old = tmp_path / "old"
+  (old / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  stored = json.loads(workdir_lib.config_to_json(base))
+  del stored["global_batch_size"]
+  (old / workdir_lib.CONFIG_FILE).write_text(json.dumps(stored))
+  assert workdir_lib.check_config(old, workdir_lib.resolve_batch(base, old, 8)[0]) == []
 
 
 def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):
@@ -193,11 +237,11 @@ def test_nan_hint_is_accepted_on_resume(template, data_root, tmp_path, capsys):
                                      work, progress=False)
   out = capsys.readouterr().out
   assert "config change on resume: optim.lr: 1e+30 -> " in out and "resumed from step" in out
-  assert results and workdir_lib.latest_step(work) == 6
+  assert results and checkpoints_lib.latest_step(work) == 6
 
 
 def test_nan_without_checkpoint_says_so(tmp_path):
-  ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
+  ckpts = checkpoints_lib.TrainCheckpoints(tmp_path, keep=2)
   nan = np.float32(np.nan)
   run = training._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=nan, count=np.float32(2), visible=np.float32(1),
@@ -222,7 +266,7 @@ def test_bad_image_hint_is_accepted_on_resume(template, data_root, tmp_path, cap
                            progress=False)
   out = capsys.readouterr().out
   assert "data.skip_bad_images: False -> True" in out and "resumed from step 4" in out
-  assert workdir_lib.latest_step(work) == 6
+  assert checkpoints_lib.latest_step(work) == 6
 
 
 # ------------------------------------------------------------------ one line per error
@@ -299,8 +343,8 @@ def _env():
 
 def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
   work = tmp_path / "run"
-  with workdir_lib.WorkdirLock(work):
-    holder = (work / workdir_lib.LOCK_FILE).read_text()
+  with lock_lib.WorkdirLock(work):
+    holder = (work / lock_lib.LOCK_FILE).read_text()
     assert f"pid {os.getpid()}" in holder
     second = subprocess.run(_command(tmp_path, work, 2), env=_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
@@ -308,23 +352,23 @@ def test_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
     err = second.stderr.strip().splitlines()
     assert err == [f"error: workdir {work} is in use by {holder.strip()}; wait for that run to "
                    "end (or stop it), or use another --workdir"], err
-  with workdir_lib.WorkdirLock(work):   # released: taken again
+  with lock_lib.WorkdirLock(work):   # released: taken again
     pass
 
 
 def test_lock_of_a_killed_process_is_free(tmp_path):
   work = tmp_path / "run"
-  code = ("import sys, time; from sbpose_jax.training import workdir as w; "
+  code = ("import sys, time; from sbpose_jax.training import lock as w; "
           f"l = w.WorkdirLock({str(work)!r}).__enter__(); print('locked', flush=True); "
           "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "locked"
   with pytest.raises(ValueError, match=f"pid {proc.pid}"):
-    workdir_lib.WorkdirLock(work).__enter__()
+    lock_lib.WorkdirLock(work).__enter__()
   proc.kill()
   proc.wait()
-  with workdir_lib.WorkdirLock(work):
+  with lock_lib.WorkdirLock(work):
     pass
 
 
@@ -341,7 +385,7 @@ def test_ctrl_c_names_the_resume_step_and_exits_130(data_root, tmp_path):
       break
   rest = proc.communicate(timeout=300)[0]
   assert proc.returncode == 130, rest
-  resume = workdir_lib.latest_step(work)
+  resume = checkpoints_lib.latest_step(work)
   tail = rest.strip().splitlines()
   assert tail[-1].startswith("interrupted at step ") and tail[-1].endswith(
       f"resumes from step {resume}"), rest
@@ -353,7 +397,7 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
                                                            checkpoints):
   work = _copy(template, tmp_path)   # its config with max_steps=4: the change line is printed
   if not checkpoints:
-    shutil.rmtree(work / workdir_lib.CHECKPOINT_DIR)
+    shutil.rmtree(work / checkpoints_lib.CHECKPOINT_DIR)
   proc = subprocess.Popen(_command(data_root, work, 400), env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
@@ -368,7 +412,132 @@ def test_ctrl_c_before_the_first_step_names_the_resume_step(data_root, template,
   assert rest.strip().splitlines()[-1] == (
       f"interrupted before the first step of this run; {expected}"), rest
   assert "Traceback" not in rest and "ERROR" not in rest and "\nstep " not in rest, rest
-  assert workdir_lib.latest_step(work) == (4 if checkpoints else None)
+  assert checkpoints_lib.latest_step(work) == (4 if checkpoints else None)
+
+
+# ------------------------------------------------------------------------------ preemption
+
+# The train command, with checkpoint writes (TEST_SLOW_WRITE seconds before each step's commit)
+# and evaluations (TEST_SLOW_EVAL) made slow and announced on stdout: the signals of the tests
+# below land inside them.
+SLOW_TRAIN = """
+import asyncio, os, sys, time
+slow_write = float(os.environ.get("TEST_SLOW_WRITE", "0"))
+slow_after = int(os.environ.get("TEST_SLOW_WRITE_AFTER", "0"))
+slow_eval = float(os.environ.get("TEST_SLOW_EVAL", "0"))
+if slow_write:
+  from orbax.checkpoint._src.path import atomicity
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+  async def slow_finalize(self):
+    # Training checkpoints after step TEST_SLOW_WRITE_AFTER, not saved models.
+    if self._final_path.name.isdigit() and int(self._final_path.name) > slow_after:
+      print(f"writing checkpoint {self._final_path.name}", flush=True)
+      await asyncio.sleep(slow_write)
+    await finalize(self)
+  atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
+if slow_eval:
+  from sbpose_jax.evaluators import loop
+  run_evaluation = loop.run_evaluation
+  def slow_run_evaluation(*args, **kwargs):
+    print("evaluating", flush=True)
+    time.sleep(slow_eval)
+    return run_evaluation(*args, **kwargs)
+  loop.run_evaluation = slow_run_evaluation
+from sbpose_jax.commands import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _slow_train(root, work, steps, *extra):
+  return [sys.executable, "-c", SLOW_TRAIN] + _command(root, work, steps, *extra)[3:]
+
+
+def _complete_steps(work):
+  return sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _signal_on(proc, pid, predicate, sig=signal.SIGTERM):
+  """Reads proc's output until a line satisfies `predicate`, then sends `sig` to `pid`."""
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if predicate(line):
+      os.kill(pid, sig)
+      return lines
+  raise AssertionError("".join(lines))
+
+
+def test_sigterm_during_a_checkpoint_write_checkpoints_the_step_and_exits_75(data_root, tmp_path):
+  """SIGTERM while step 2's checkpoint is being written: that write completes, the step the run
+  stops at gets its own checkpoint, one line names it, exit 75; the same command resumes there."""
+  work = tmp_path / "run"
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.data.num_workers=1"),
+                          env=dict(_env(), TEST_SLOW_WRITE="2"), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _signal_on(proc, proc.pid, lambda line: line.startswith("writing checkpoint 2"))
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 75, rest
+  last = rest.strip().splitlines()[-1]
+  step = int(last.split("at step ")[1].split(":")[0])
+  assert last == (f"preempted (SIGTERM) at step {step}: its checkpoint is written; re-running "
+                  f"the same command resumes from step {step}"), rest
+  assert step >= 2 and _complete_steps(work)[-2:] in ([2, step], [step])
+  assert checkpoints_lib.latest_step(work) == step
+  assert not [p for p in (work / "checkpoints").iterdir() if not p.name.isdigit()]
+  assert "Traceback" not in rest and "leaked" not in rest, rest
+  again = subprocess.Popen(_command(data_root, work, 400), env=_env(), cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  first = next(l for l in again.stdout if "training instances" in l)   # names where it starts
+  again.kill()
+  again.communicate(timeout=60)
+  assert first.rstrip().endswith(f"; resumed from step {step}"), first
+
+
+def test_sigterm_during_evaluation_lets_it_finish_and_checkpoints_its_step(data_root, tmp_path):
+  work = tmp_path / "run"
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.evals.val.every_steps=4"),
+                          env=dict(_env(), TEST_SLOW_EVAL="2"), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _signal_on(proc, proc.pid, lambda line: line.startswith("evaluating"))
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 75, rest
+  assert rest.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 4: "), rest
+  assert checkpoints_lib.latest_step(work) == 4
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert {"step": 4, "kind": "eval/val"}.items() <= next(
+      r for r in rows if r["kind"] != "train").items(), rows   # the evaluation was logged
+
+
+@pytest.mark.parametrize("how", ["second_sigterm", "grace_period"])
+def test_second_sigterm_or_the_grace_period_falls_back_to_the_last_checkpoint(
+    data_root, tmp_path, how):
+  """During the preemption checkpoint's write: a second SIGTERM, or the grace period (1 s here)
+  running out, ends the run at once (exit 143, one line); that write is abandoned, and the
+  newest complete checkpoint is the one a re-run resumes from, as after kill -9."""
+  work = tmp_path / "run"
+  extra = ["--config.checkpoint_every_steps=4"] + (
+      ["--config.preemption_grace_s=1"] if how == "grace_period" else [])
+  proc = subprocess.Popen(_slow_train(data_root, work, 400, *extra),
+                          env=dict(_env(), TEST_SLOW_WRITE="4", TEST_SLOW_WRITE_AFTER="4"),
+                          cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = _signal_on(proc, proc.pid, lambda line: line.startswith("step 6/"))
+  if how == "second_sigterm":
+    for line in proc.stdout:   # the write of the step the run stops at (>= 6; 4 was fast)
+      lines.append(line)
+      if line.startswith("writing checkpoint") and int(line.split()[-1]) > 4:
+        os.kill(proc.pid, signal.SIGTERM)
+        break
+  rest = "".join(lines) + proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, rest
+  last = rest.strip().splitlines()[-1]
+  stopping = int(last.split("checkpoint of step ")[-1].split()[0])
+  why = "a second SIGTERM arrived" if how == "second_sigterm" else (
+      "the grace period of 1 s ran out")
+  assert last == (f"preempted: {why} before the checkpoint of step {stopping} was complete; "
+                  "stopped without it; re-running the same command resumes from step 4"), rest
+  assert stopping >= 6 and _complete_steps(work) == [4]
+  assert "Traceback" not in rest, rest
 
 
 # Runs the rest of its command line with files limited to 150 KB (a preexec_fn would fork a

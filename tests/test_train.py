@@ -27,6 +27,7 @@ from sbpose_jax.commands import train
 from sbpose_jax.training import loop as training
 from sbpose_jax.training import state as ts
 from sbpose_jax.training import workdir as workdir_lib
+from sbpose_jax.training import checkpoints as checkpoints_lib
 from sbpose_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ def test_init_from_saved_backbone(tmp_path, tiny_model):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  ckpts = workdir_lib.TrainCheckpoints(tmp_path, keep=2)
+  ckpts = checkpoints_lib.TrainCheckpoints(tmp_path, keep=2)
   ckpts.save(3, {"w": jnp.ones(3)})
   run = training._Run(None, tmp_path, None, None, 10, 100, 100, 8, lambda s: 0.1, None, ckpts,
                    None, pending=[dict(loss_sum=jnp.float32(1.0), count=jnp.float32(2.0),
@@ -155,7 +156,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(training.TrainingDiverged, match="last good checkpoint is step 3"):
     training._flush_metrics(run, 5, log=True)
   ckpts.close()
-  assert sorted(p.name for p in (tmp_path / workdir_lib.CHECKPOINT_DIR).iterdir()) == ["3"]
+  assert sorted(p.name for p in (tmp_path / checkpoints_lib.CHECKPOINT_DIR).iterdir()) == ["3"]
 
 
 # --------------------------------------------------------------------------- full runs
@@ -177,7 +178,7 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
   work = tmp_path / "run"
   first = training.train_and_evaluate(_fixture_config(fixtures_dir, 2), work, progress=False)
   assert set(first) == {"val"} and {"AP", "AR"} <= set(first["val"])
-  assert workdir_lib.TrainCheckpoints(work).latest_step() == 2
+  assert checkpoints_lib.TrainCheckpoints(work).latest_step() == 2
   results, state = training.train_and_evaluate(_fixture_config(fixtures_dir, 3), work,
                                             progress=False, return_state=True)
   out = capsys.readouterr().out
@@ -185,7 +186,7 @@ def test_coco_res50_on_fixtures_trains_checkpoints_resumes_and_evaluates(
   assert 0.0 <= results["val"]["AP"] <= 1.0
   variables, meta = workdir_lib.load_model(work)   # model_best (or model_last)
   assert meta.depth == 18 and meta.dataset == "coco" and meta.num_joints == 17
-  latest, latest_step = workdir_lib.latest_variables(work)   # no optimizer or model needed
+  latest, latest_step = checkpoints_lib.latest_variables(work)   # no optimizer or model needed
   assert latest_step == 3
   np.testing.assert_array_equal(latest["params"]["conv1"]["kernel"],
                                 np.asarray(state.params["conv1"]["kernel"]))
@@ -250,7 +251,7 @@ def test_kill_and_resume_equals_uninterrupted_and_learns(synthetic_root, tmp_pat
   cmd = _demo_command(synthetic_root, tmp_path / "cut", steps)
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
-  marker = tmp_path / "cut" / workdir_lib.CHECKPOINT_DIR / "4" / "commit_success.txt"
+  marker = tmp_path / "cut" / checkpoints_lib.CHECKPOINT_DIR / "4" / "commit_success.txt"
   deadline = time.time() + 300
   while not marker.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)

@@ -10,6 +10,7 @@ import pytest
 from sbpose_jax.commands import config as config_lib
 from sbpose_jax.weights import saved_model
 from sbpose_jax.training import workdir
+from sbpose_jax.training import checkpoints as checkpoints_lib
 
 META = saved_model.ModelMeta(depth=18, num_joints=17, width=8, deconv_filters=(8, 8, 8),
                              dataset="coco", source="test")
@@ -24,7 +25,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   a = config_lib.load("coco_res50")
   workdir.check_config(tmp_path, config_lib.load("coco_res101"))  # no checkpoint: replaced
   workdir.check_config(tmp_path, a)
-  (tmp_path / workdir.CHECKPOINT_DIR / "3").mkdir(parents=True)
+  (tmp_path / checkpoints_lib.CHECKPOINT_DIR / "3").mkdir(parents=True)
   workdir.check_config(tmp_path, config_lib.load(
       "coco_res50", ["--config.log_every_steps=7", "--config.max_steps=3"]))  # operational
   # optim.lr may change on resume (issue 10): the BatchNorm grouping may not.
@@ -32,7 +33,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     workdir.check_config(tmp_path, config_lib.load("coco_res50", ["--config.bn_group_size=8"]))
   with pytest.raises(ValueError, match="model.depth"):
     workdir.check_config(tmp_path, config_lib.load("coco_res101"))
-  (tmp_path / "b" / workdir.CHECKPOINT_DIR / "5").mkdir(parents=True)
+  (tmp_path / "b" / checkpoints_lib.CHECKPOINT_DIR / "5").mkdir(parents=True)
   with pytest.raises(ValueError, match="no config.json"):
     workdir.check_config(tmp_path / "b", a)
 
@@ -59,11 +60,11 @@ def test_latest_training_checkpoint_as_a_model(tmp_path):
   """A run still in progress (no model_best/last yet): the latest checkpoint, meta from config."""
   config = config_lib.load("demo", ["--config.model.width=8"])
   workdir.check_config(tmp_path, config)
-  ckpts = workdir.TrainCheckpoints(tmp_path, keep=1)
+  ckpts = checkpoints_lib.TrainCheckpoints(tmp_path, keep=1)
   for step in (2, 4):
     ckpts.save(step, {**_variables(step), "step": np.int32(step)})
   ckpts.close()
-  assert workdir.latest_step(tmp_path) == 4
+  assert checkpoints_lib.latest_step(tmp_path) == 4
   variables, meta = workdir.load_model(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, variables, _variables(4))
   assert (meta.step, meta.width, meta.depth, meta.num_joints) == (4, 8, 18, 17)

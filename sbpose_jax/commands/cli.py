@@ -9,7 +9,10 @@ turned into the same interruption (`Terminated`, a KeyboardInterrupt: the comman
 they have done) and ends with status 143 (128 + the signal's number).
 
 Exit statuses: 0 done, 1 an unexpected error (a bug: re-run with --debug and report it), 2 a
-user error, 3 training diverged, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+user error, 3 training diverged, 75 training preempted after checkpointing its step (SIGTERM
+during training; re-run the same command), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
+in training: a second SIGTERM or the grace period ran out before the preemption checkpoint was
+complete, and a re-run resumes from the last complete one).
 
 JAX-free: importing this module must stay cheap, so that `--help` answers at once.
 """
@@ -24,6 +27,7 @@ import threading
 from typing import Callable, Sequence
 
 EXIT_BUG, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_PREEMPTED, EXIT_KILLED = 75, 143   # training/preemption.py ends with these
 LOGGER = "sbpose_jax"
 
 

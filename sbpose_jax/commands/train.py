@@ -5,8 +5,9 @@ process, bf16 compute with float32 parameters (config.model.dtype); the loop is 
 
 Re-running the same command resumes from the newest checkpoint of the workdir that restores, so
 a run killed at any point ends with the same parameters as an uninterrupted one (on CPU, where
-XLA is deterministic). Details on BatchNorm statistics and multi-host runs: docs/training.md;
-what a user sees on each fault: docs/reliability.md.
+XLA is deterministic). SIGTERM (a preemption) stops every process at one step with a checkpoint
+of it, exit status 75. Details on BatchNorm statistics, multi-host runs and topology changes:
+docs/training.md; what a user sees on each fault: docs/reliability.md.
 
 This module is the command line only and imports neither JAX nor the model at the top, so
 that `--help` answers at once; the loop's names live in `training`.
@@ -103,6 +104,7 @@ def _train(args, overrides) -> int:
   from sbpose_jax.commands import config as config_lib
   from sbpose_jax import evaluators
   from sbpose_jax.training.loop import TrainingDiverged, train_and_evaluate
+  from sbpose_jax.training.preemption import Preempted
   use_compilation_cache(jax)
   init_distributed(args.coordinator_address, args.num_processes, args.process_id,
                    args.distributed)
@@ -115,6 +117,9 @@ def _train(args, overrides) -> int:
   except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     return cli.EXIT_DIVERGED
+  except Preempted as e:   # SIGTERM or the cluster's notice: a checkpoint of the step is written
+    print(str(e), file=sys.stderr, flush=True)
+    return e.exit_code
   if jax.process_index() == 0 and results:
     for name, metrics in results.items():
       print(f"{name} ({config.evals[name].type}) at the end of training:")

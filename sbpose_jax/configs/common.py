@@ -87,14 +87,22 @@ def get_config():
       decay_factor=0.1,
   ))
   c.epochs = 210
-  # Global batch = batch_size_per_device x number of devices. The published checkpoints were
-  # trained on 8 GPUs x 64 = 512 with BatchNorm statistics per GPU.
+  # The global batch (what the data stream, the step size and the schedule are per) is
+  # global_batch_size, or batch_size_per_device x devices when global_batch_size = 0; either may
+  # be 0 (derived from the other). A run resumed on another number of devices keeps its global
+  # batch (docs/training.md, "Topology"). The published checkpoints were trained on 8 GPUs x 64
+  # = 512 with BatchNorm statistics per GPU.
+  c.global_batch_size = 0
   c.batch_size_per_device = 64
   # BatchNorm batch statistics are computed over groups of this many images of the global batch
   # (64 = the reference's per-GPU statistics, whatever the device count); 0 = over the whole
   # global batch (sync-BN). Must divide the global batch. See docs/training.md.
   c.bn_group_size = 64
   c.max_steps = 0                # > 0: stop at this step (the schedule still follows `epochs`)
+  # SIGTERM (a preemption) stops every process at one step and writes its checkpoint; if that
+  # takes longer than this many seconds (the platform's grace period is usually 30 s), the run
+  # gives up on it and ends as if killed (the last complete checkpoint counts).
+  c.preemption_grace_s = 25.0
 
   c.test = ml_collections.ConfigDict(dict(
       flip=True,

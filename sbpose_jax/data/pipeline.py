@@ -4,14 +4,20 @@ resumable) and evaluation (every box once, in order, last batch padded and maske
 Training (`train_dataset`), per process:
 
   MapDataset.range(N).seed(seed).shuffle().repeat(num_epochs)   one global permutation per epoch,
-    [process_index::process_count]                              the same on every host → disjoint
+    [:]                        the same on every host (an identity slice: see `train_samples`)
     .map(ImageLoader)          decode (the seam for a packed source: any map index → element)
-    .random_map(RandomFlip, HalfBody, RandomScaleRotation)      data/transforms.py
-    .map(TopDownAffine, GenerateTarget, select fields)
-    .batch(B, batch_fn=list)   group B consecutive samples (still random access)
+    .random_map(RandomFlip, HalfBody, RandomScaleRotation)      data/transforms.py, seeded by
+    .map(TopDownAffine, GenerateTarget, select fields)           the sample's global index
+    ProcessPart(B, process_index, process_count)   this process's contiguous part of each global
+    .batch(B, batch_fn=list)   batch of G = B x process_count samples (still random access)
   .to_iter_dataset(ReadOptions(num_threads, small buffer))
     .batch(1, batch_fn=StackSamples())   stack the group, into shared memory under mp_prefetch
     .mp_prefetch(MultiprocessingOptions(num_workers))
+
+Global batch k is samples [k·G, (k+1)·G) of the global stream, augmented with the draws of their
+global index; process p of P takes rows [p·G/P, (p+1)·G/P) of it. So batch k is the same set of
+records, in the same order and with the same pixels, on any number of processes, devices and
+data workers (tests/test_pipeline.py), and a run may resume on another topology.
 
 Why the batch is formed on the MapDataset: `mp_prefetch` gives worker w the elements
 w, w + n, w + 2n, ... of the dataset before `to_iter_dataset`. Batching after
@@ -23,7 +29,8 @@ each batch crosses the process boundary once, stacked straight into shared memor
 
 The iterator's `get_state()`/`set_state()` (and `grain.checkpoint.CheckpointSave/Restore` for
 orbax) resume on the exact next batch, given the same records, config, seed, process layout and
-`num_workers`.
+`num_workers`; training instead rebuilds the stream at a batch (`start_batch`), which needs none
+of them to match.
 
 Seams:
 * a packed source (data/packed.py: pre-cropped JPEGs in a TFDS/ArrayRecord dataset) replaces
@@ -152,9 +159,12 @@ class StackSamples:
 
 def worker_init(worker_index: int, worker_count: int) -> None:
   """Runs in each spawned worker before the dataset is unpickled: keep JAX off the GPU, and
-  leave Ctrl-C to the parent (which stops the workers), so that it prints no traceback here."""
+  leave Ctrl-C and SIGTERM to the parent (which stops the workers when it ends): no traceback
+  here, and a preempted run's workers keep feeding it until its last step (a scheduler or a
+  shutting-down machine signals every process)."""
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   os.environ["JAX_PLATFORMS"] = "cpu"
   if "jax" in sys.modules:  # imported by __main__ already: its config has read the variable
     sys.modules["jax"].config.update("jax_platforms", "cpu")
@@ -255,20 +265,57 @@ def train_samples(records: Records, config, *, seed: int, process_index: int = 0
   info = keypoints.get(records.dataset)
   records = shifted_records(records, config, seed)
   ds = grain.MapDataset.range(len(records)).seed(seed).shuffle().repeat(num_epochs)
+  global_batch = batch_size * process_count
   if num_epochs is not None:
-    usable = len(ds) // (process_count * batch_size) * process_count * batch_size
+    usable = len(ds) // global_batch * global_batch
     if usable == 0:
-      raise ValueError(f"{len(records)} records x {num_epochs} epochs cannot fill one batch of "
-                       f"{batch_size} on each of {process_count} processes")
+      raise ValueError(f"{len(records)} records x {num_epochs} epochs cannot fill one global "
+                       f"batch of {global_batch} ({batch_size} on each of {process_count} "
+                       "processes)")
     ds = ds[:usable]
-  ds = ds[process_index::process_count]
+  # An identity slice where the per-process slice of earlier versions was: grain derives the
+  # default seed of each random map from its depth below `.seed()`, so keeping the depth keeps
+  # the draws, and every 1-process stream, as they were (the demo's numbers included).
+  ds = ds[:]
   ds = ds.map(loader(records) if loader else
               ImageLoader(records, d.colour_order, d.skip_bad_images))
   for t in augmentations(config, info):
     ds = ds.random_map(t)
   for t in crop_and_target(config, host_targets, extra_fields, affine) if per_sample_tail else ():
     ds = ds.map(t)
-  return ds
+  return ProcessPart(ds, batch_size, process_index, process_count)
+
+
+class ProcessPart(grain.MapDataset):
+  """Process p's contiguous part of every global batch: its element j is element
+  (j // B)·G + p·B + j % B of the global stream (G = B·P), so that global batch k is samples
+  [k·G, (k+1)·G) of the stream whatever the number of processes. Only whole global batches."""
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int, process_index: int = 0,
+               process_count: int = 1):
+    super().__init__(parent)
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    self._b, self._p, self._n = int(batch_size), int(process_index), int(process_count)
+    self._length = len(parent) // (self._b * self._n) * self._b
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _global_index(self, index: int) -> int:
+    k, i = divmod(int(index), self._b)
+    return (k * self._n + self._p) * self._b + i
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._global_index(index)]
+
+  def _getitems(self, indices: Sequence[int]):
+    return self._parent._getitems([self._global_index(i) for i in indices])
+
+  def __str__(self) -> str:
+    return f"ProcessPart(batch={self._b}, process={self._p} of {self._n})"
 
 
 def train_dataset(records: Records, config, *, batch_size: int, seed: int,
@@ -285,11 +332,12 @@ def train_dataset(records: Records, config, *, batch_size: int, seed: int,
   Args:
     records: the training instances (GT boxes), identical on every process.
     config: the run config (`config.data.*` fields of configs/common.py).
-    batch_size: per-process batch size B.
+    batch_size: per-process batch size B (the global batch is B x process_count).
     seed: shuffle, augmentation and frozen-shift seed; the same on every process.
-    process_index, process_count: this process's disjoint slice of the global stream.
+    process_index, process_count: this process takes rows [p·B, (p+1)·B) of each global batch
+      (ProcessPart): the global batches do not depend on the number of processes.
     num_epochs: None repeats forever; else the stream ends after that many epochs, cut to a
-      multiple of process_count * B so that every process yields the same number of batches.
+      multiple of the global batch so that every process yields the same number of batches.
     num_workers: worker processes (default config.data.num_workers); 0 = in this process.
     num_threads: threads per worker (>= 1; 0 serialises, docs/ecosystem.md §1).
     host_targets: False leaves `target` out (heatmaps built on the device from `joints`).

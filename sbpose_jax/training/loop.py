@@ -39,6 +39,9 @@ from sbpose_jax.training import optim
 from sbpose_jax.training import log as train_log
 from sbpose_jax.training import state as ts
 from sbpose_jax.training import workdir as workdir_lib
+from sbpose_jax.training import checkpoints as checkpoints_lib
+from sbpose_jax.training import lock as lock_lib
+from sbpose_jax.training import preemption as preemption_lib
 from sbpose_jax.data import device_warp
 from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
@@ -139,8 +142,10 @@ def make_optimizer(config, epoch_steps: int):
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D ("data",) mesh over every device of every process."""
-  return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  """A 1-D ("data",) mesh over every device of every process, each process's devices
+  contiguous in process order: process p's rows of the global batch are its contiguous part."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
 def to_global_batch(local: Mapping[str, np.ndarray], sharding, global_batch: int,
@@ -173,7 +178,7 @@ class _Run:
   global_batch: int
   lr_fn: Any
   data_sharding: Any
-  ckpts: workdir_lib.TrainCheckpoints
+  ckpts: checkpoints_lib.TrainCheckpoints
   logger: train_log.RunLogger
   eval_sets: dict = dataclasses.field(default_factory=dict)
   pending: list = dataclasses.field(default_factory=list)
@@ -194,27 +199,27 @@ def _prepare_data(config):
   return readers.read_split(config.data, "train")
 
 
-def _check_batch(config, n_devices: int) -> tuple[int, int]:
-  per_device = int(config.batch_size_per_device)
-  global_batch = per_device * n_devices
+def _check_batch(config) -> tuple[int, int]:
+  """(global batch, BatchNorm group) of a config whose batch sizes are resolved
+  (workdir.resolve_batch); the groups are a property of the global batch, not of the devices."""
+  global_batch = int(config.global_batch_size)
   group = int(config.bn_group_size)
-  if per_device <= 0:
-    raise ValueError(f"batch_size_per_device must be positive, got {per_device}")
   if group < 0 or (group and global_batch % group and group < global_batch):
-    raise ValueError(f"bn_group_size={group} must divide the global batch {global_batch} "
-                     f"(= batch_size_per_device {per_device} x {n_devices} devices), or be 0")
+    raise ValueError(f"bn_group_size={group} must divide the global batch {global_batch}, or "
+                     "be 0")
   return global_batch, (0 if group >= global_batch else group)
 
 
 def _train_iterator(records, config, start_step: int = 0):
-  """This process's batches from the one of `start_step` on: batch_size_per_device x local
-  devices rows, targets made on the device from `joints` (less host work and IPC;
-  docs/ecosystem.md §1c). The stream is a function of the step alone, so a resumed run needs no
-  saved iterator state and may use another data.num_workers."""
+  """This process's batches from the one of `start_step` on: its contiguous part (global batch /
+  processes rows) of each global batch, targets made on the device from `joints` (less host
+  work and IPC; docs/ecosystem.md §1c). Global batch k is a function of k alone, so a resumed
+  run needs no saved iterator state and may use another data.num_workers, or other processes
+  and devices."""
   make = (functools.partial(packed.train_dataset, records) if isinstance(records, packed.Pack)
           else functools.partial(pipeline.train_dataset, records))
   ds = make(
-      config, batch_size=int(config.batch_size_per_device) * jax.local_device_count(),
+      config, batch_size=int(config.global_batch_size) // jax.process_count(),
       seed=int(config.seed), process_index=jax.process_index(),
       process_count=jax.process_count(), host_targets=False, start_batch=start_step)
   return iter(ds)
@@ -345,8 +350,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # flush: these lines say what the run does before its first step, also through a pipe.
   say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
   try:
-    with workdir_lib.WorkdirLock(workdir, log=say):
-      return _train_locked(config, workdir, progress, return_state, say)
+    with lock_lib.WorkdirLock(workdir, log=say), preemption_lib.Preemption(
+        workdir, float(config.get("preemption_grace_s", 25.0))) as preemption:
+      return _train_locked(config, workdir, progress, return_state, say, preemption)
   except Interrupted:
     raise
   except KeyboardInterrupt:
@@ -355,14 +361,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                       f"{_resume_phrase(workdir)}") from None
 
 
-def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: bool, say):
+def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: bool, say,
+                  preemption: preemption_lib.Preemption):
   """train_and_evaluate, holding the workdir's lock."""
-  # --- Data, sizes, schedule, model.
+  # --- Data, sizes, schedule, model. The global batch is the run's (kept across topologies).
+  config, notes = workdir_lib.resolve_batch(config, workdir, jax.device_count())
   for change in workdir_lib.check_config(workdir, config):
     say(f"config change on resume: {change}")
+  for note in notes:
+    say(note)
   info = keypoints.get(config.data.dataset)
   train_records = _prepare_data(config)
-  global_batch, group = _check_batch(config, jax.device_count())
+  global_batch, group = _check_batch(config)
   epoch_steps = optim.steps_per_epoch(len(train_records), global_batch)
   total = int(config.epochs) * epoch_steps
   stop = min(total, int(config.max_steps)) if int(config.max_steps) > 0 else total
@@ -373,8 +383,8 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   sizes = Sizes.of(config.data)
   settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
                           sizes.heatmap_wh, float(config.data.sigma), sizes.input_wh)
-  ckpts = workdir_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
-                                       metric="score" if config.evals else None)
+  ckpts = checkpoints_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
+                                           metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
@@ -382,6 +392,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   # --- State and data position: fresh, or from the newest checkpoint that restores. The data
   # workers start (process start-up, first batch) while the state is made or restored.
   expected = ckpts.latest_step() or 0
+  preemption.starting_at(expected)
   train_iter = _train_iterator(train_records, config, expected)
   first = _FirstBatch(train_iter)
   try:
@@ -402,7 +413,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   run.logger = train_log.RunLogger(workdir, stop, start, enabled=is_main, progress=progress)
   run.logger.message(
       f"{config.name}: {len(train_records)} training instances, global batch {global_batch} "
-      f"({config.batch_size_per_device}/device x {jax.device_count()} devices, "
+      f"({global_batch // jax.device_count()}/device x {jax.device_count()} devices, "
       f"{jax.process_count()} process(es)), {epoch_steps} steps/epoch, steps {start}->{stop} "
       f"of {total}" + (f"; resumed from step {start}" if start else ""))
   results = {}
@@ -437,6 +448,14 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
         _save_models(run, state, step, {}, last=True)
       if save:
         ckpts.save(step, state, None, None if score is None else {"score": score})
+      if step < stop and preemption.stop_requested(step, save):
+        # Every process stops after this step: its checkpoint, then one line (train.py).
+        if not save:
+          _flush_metrics(run, step, log=False)   # never checkpoint a diverged state
+          ckpts.save(step, state, None, None)
+        ckpts.wait()
+        preemption.checkpoint_written()
+        raise preemption_lib.Preempted(step, preemption.how)
     if start == stop and workdir_lib.last_step(workdir) != stop:
       # Killed between the last checkpoint and model_last: finish the job.
       results = _evaluate(run, state, stop, list(config.evals)) if config.evals else {}
@@ -484,7 +503,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _resume_phrase(workdir: pathlib.Path) -> str:
-  resume = workdir_lib.latest_step(workdir)
+  resume = checkpoints_lib.latest_step(workdir)
   if resume is None:
     return "no checkpoint was written yet, so re-running the same command starts from step 0"
   return f"re-running the same command resumes from step {resume}"

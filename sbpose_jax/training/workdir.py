@@ -1,70 +1,56 @@
-"""A training workdir: its layout, its config, training checkpoints and the models it keeps.
+"""A training workdir: its layout, its config policy, and the models it keeps.
 
 A workdir holds
   config.json        the run's config; another config is refused (`check_config`)
-  .lock              flock of the run that writes it (`WorkdirLock`)
-  checkpoints/<step>/state/   orbax CheckpointManager of the TrainState (older checkpoints may
-                     also hold data_iter/, no longer read: the data stream is rebuilt at the step)
+  .lock              flock of the run that writes it (lock.py, `WorkdirLock`)
+  checkpoints/<step>/state/   training checkpoints (checkpoints.py, `TrainCheckpoints`)
   broken_checkpoints/<step>/  steps that failed to restore, moved aside (`restore_newest`)
   best.json          {"metric", "value", "step"} of `model_best`
   model_best/, model_last/   saved models (saved_model.py) for evaluate/predict
-
-Checkpoints are written asynchronously. A step directory only appears once its commit is
-complete, so a run killed at any moment resumes from the last complete one. Retention keeps the
-latest `keep` steps plus the best one by the evaluation metric (orbax `BestN(reverse=False)` keeps
-the *highest* value; docs/ecosystem.md §3).
 
 `load_model(path)` / `read_meta(path)` accept a saved model or a workdir (its model_best, else
 model_last, else its latest training checkpoint): what evaluate and predict load.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
 import pathlib
-import socket
-import time
 from typing import Any, Mapping
 
-import grain
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
-from orbax.checkpoint import checkpoint_managers
 
+from sbpose_jax.training.checkpoints import CHECKPOINT_DIR, latest_step, latest_variables
 from sbpose_jax.weights import saved_model
-from sbpose_jax.training import state as ts
 
-CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 BEST_FILE = "best.json"
 MODEL_BEST = "model_best"
 MODEL_LAST = "model_last"
-LOCK_FILE = ".lock"
-BROKEN_DIR = "broken_checkpoints"
 # Fields that may change when a run resumes: they steer how the rest of the run is executed,
 # scheduled and observed, not what the saved state means. The optimizer's state (Adam moments,
 # step count) holds no learning rate, so the schedule (optim.*, epochs) may change; the data
 # stream is a pure function of the step (resume rebuilds it at its position), so the worker
 # count may change, and skipping unreadable images only changes batches that would fail.
+# The per-device batch only splits the global batch over the devices: it may change with them.
 OPERATIONAL_KEYS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_steps",
                     "epochs", "optim", "data.num_workers", "data.root", "data.skip_bad_images",
                     "data.val_ann", "data.val_images", "data.det_file", "data.use_gt_bbox",
                     "data.det_score_thr", "data.gt_mat_file", "data.val_gt_dir", "test",
-                    "evals", "eval_at_start", "init_checkpoint")
+                    "evals", "eval_at_start", "init_checkpoint", "batch_size_per_device",
+                    "preemption_grace_s")
 # Why the other fields may not change under saved checkpoints (first matching prefix wins).
 REFUSAL_REASONS = (("model", "the saved parameters are of this network"),
-                   ("batch_size_per_device", "the data stream and the step size are per batch"),
+                   ("global_batch_size", "the data stream, the step size and the schedule are "
+                    "per global batch"),
                    ("bn_group_size", "the BatchNorm statistics are per group"),
                    ("seed", "the data order and augmentation are drawn from it"),
                    ("synthetic", "the training images would change"),
                    ("data", "the training samples would change"),
                    ("name", "it names another run"))
+
 
 
 # ----------------------------------------------------------------------------- workdir config
@@ -108,6 +94,86 @@ def _has_checkpoints(workdir: pathlib.Path) -> bool:
   return ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
 
 
+def _stored_config(workdir: pathlib.Path) -> dict | None:
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
+                     "workdir?") from None
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _device_counts_phrase(global_batch: int) -> str:
+  counts = _divisors(global_batch)
+  shown = counts if len(counts) <= 12 else counts[:6] + ["..."] + counts[-3:]
+  return ", ".join(map(str, shown))
+
+
+def resolve_batch(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                  n_devices: int) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The global batch of this run on `n_devices`, and the per-device batch that splits it.
+
+  `global_batch_size` is the setting that counts (the data stream, the step size and the
+  schedule are per global batch); `batch_size_per_device` x devices derives it when it is 0,
+  and is derived from it when it is 0 itself. A workdir with checkpoints keeps its run's global
+  batch when the run resumes on another number of devices (the same command, its per-device
+  batch as stored, on other hosts): each device then takes global / devices rows, and a note
+  says so. config.json keeps `batch_size_per_device` as given (so the same command is
+  recognised on the next topology too) and the resolved `global_batch_size`.
+
+  Returns:
+    (a copy of `config` with `global_batch_size` set, notes to print); per device the run
+    takes global_batch_size / n_devices rows.
+  Raises:
+    ValueError: in one line, when the global batch does not divide over the devices (naming the
+      device counts that work), when both fields are set and disagree, or both are 0.
+  """
+  workdir = pathlib.Path(workdir)
+  g = int(config.get("global_batch_size", 0) or 0)
+  b = int(config.batch_size_per_device or 0)
+  if g < 0 or b < 0:
+    raise ValueError(f"global_batch_size ({g}) and batch_size_per_device ({b}) must be >= 0 "
+                     "(0: derived from the other)")
+  notes = []
+  old = _stored_config(workdir) if _has_checkpoints(workdir) else None
+  kept = int((old or {}).get("global_batch_size", 0) or 0)
+  if kept and g == 0 and b in (0, int(old.get("batch_size_per_device", 0) or 0)):
+    # The same command as the run that wrote the checkpoints, maybe on other devices.
+    if kept % n_devices:
+      raise ValueError(
+          f"workdir {workdir} holds a run with a global batch of {kept}, which does not divide "
+          f"over {n_devices} devices: resume it on a number of devices that divides {kept} "
+          f"({_device_counts_phrase(kept)}), or use another --workdir")
+    if b and b * n_devices != kept:
+      notes.append(f"note: global batch {kept} of the workdir's run kept on {n_devices} "
+                   f"devices: {kept // n_devices} per device (not batch_size_per_device={b})")
+    g = kept
+  if g == 0:
+    if b == 0:
+      raise ValueError("global_batch_size and batch_size_per_device are both 0: set one of "
+                       "them (the other is derived)")
+    g = b * n_devices
+  elif g % n_devices:
+    raise ValueError(
+        f"global_batch_size {g} does not divide over {n_devices} devices: use a number of "
+        f"devices that divides it ({_device_counts_phrase(g)}), or a global batch that is a "
+        f"multiple of {n_devices} (e.g. {max(1, round(g / n_devices)) * n_devices})")
+  elif b and b * n_devices != g and g != kept:
+    raise ValueError(
+        f"global_batch_size {g} and batch_size_per_device {b} disagree on {n_devices} devices "
+        f"({b} x {n_devices} = {b * n_devices}): set one of them to 0 (derived from the other)")
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    config.global_batch_size = g
+  return config, notes
+
+
 def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> list[str]:
   """Stores the config in the workdir; refuses a workdir that holds another config's run.
 
@@ -124,12 +190,11 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
   path = workdir / CONFIG_FILE
   new = json.loads(config_to_json(config))
   changes = []
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-    except ValueError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); is {workdir} a training "
-                       "workdir?") from None
+  old = _stored_config(workdir)
+  if old is not None:
+    if "global_batch_size" not in old and "global_batch_size" in new:
+      # Written before the setting existed: its runs resumed on the devices that wrote them.
+      old["global_batch_size"] = new["global_batch_size"]
     diff = config_differences(old, new)
     flat_old, flat_new = _flatten(old), _flatten(new)
     if diff and _has_checkpoints(workdir):
@@ -157,207 +222,6 @@ def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
   return changes
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-class TrainCheckpoints:
-  """orbax CheckpointManager for the TrainState (and optionally a grain iterator), latest N +
-  best by metric."""
-
-  def __init__(self, workdir: str | os.PathLike, keep: int = 2, metric: str | None = None):
-    self.directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
-    self.metric = metric
-    policies = [checkpoint_managers.LatestN(n=max(1, int(keep)))]
-    if metric:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[metric], reverse=False, n=1,
-          keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True,
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  def save(self, step: int, state: ts.TrainState, data_iter=None,
-           metrics: Mapping[str, float] | None = None) -> None:
-    """Starts an async save of `state` (and the iterator's position, read now) at `step`."""
-    items = dict(state=ocp.args.StandardSave(state))
-    if data_iter is not None:
-      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    if metrics is not None and self.metric and self.metric not in metrics:
-      metrics = None  # BestN cannot rank a checkpoint without its metric
-    self.manager.save(step, args=ocp.args.Composite(**items),
-                      metrics=dict(metrics) if metrics is not None else None, force=True)
-
-  def restore(self, state: ts.TrainState, data_iter=None, step: int | None = None
-              ) -> ts.TrainState:
-    """Restores into the structure and shardings of `state`; `data_iter` is set in place."""
-    step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    items = dict(state=ocp.args.StandardRestore(abstract))
-    if data_iter is not None:
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
-
-  def restore_newest(self, state: ts.TrainState, log=print
-                     ) -> tuple[ts.TrainState | None, int | None]:
-    """Restores the newest checkpoint that restores; moves the newer, damaged ones aside.
-
-    A step whose files are missing or damaged (state/, its manifest, _CHECKPOINT_METADATA, ...)
-    is reported in one line through `log` (its step and the error naming the file) and moved to
-    WORKDIR/broken_checkpoints/<step>/ (kept for a post-mortem), and the one before is tried.
-    Returns (state, step), or (None, None) when the workdir has no checkpoint.
-
-    Multi-host: every process tries the same steps in the same order, and a step counts as
-    restored only when it restored on every process (they agree through an all-gather), so all
-    resume from the same step; process 0 alone moves the damaged steps, and the others re-list
-    the steps after a barrier that follows the moves.
-
-    Raises:
-      ValueError: when no checkpoint restores (then nothing is moved: a failure of every step
-        is a mismatch of code or config, not damage); the message names the newest step's error.
-    """
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    failures = []
-    for step in steps:
-      restored, error = None, None
-      try:
-        restored = self.restore(state, None, step)
-      except Exception as e:
-        # orbax, tensorstore and json raise many types for one cause: unreadable files.
-        error = e
-      if not _on_every_process(error is None):
-        failures.append((step, error or RuntimeError("another process could not restore it")))
-        continue
-      if failures:
-        if jax.process_index() == 0:
-          for bad, bad_error in failures:
-            where = self._move_aside(bad)
-            log(f"checkpoint step {bad} cannot be restored ({_first_line(bad_error)}); moved to "
-                f"{where}, resuming from step {step}")
-        _barrier("sbpose_jax:damaged_checkpoints_moved")
-        self.manager.reload()
-      return restored, step
-    if failures:
-      step, error = failures[0]
-      raise ValueError(f"no checkpoint in {self.directory} can be restored (newest: step {step}:"
-                       f" {_first_line(error)}); if the config or code changed, use another "
-                       "--workdir")
-    return None, None
-
-  def _move_aside(self, step: int) -> pathlib.Path:
-    """Moves step to broken_checkpoints/ (process 0 only: one mover, no race)."""
-    src = self.directory / str(step)
-    dest_dir = self.directory.parent / BROKEN_DIR
-    dest = dest_dir / str(step)
-    n = 1
-    while dest.exists():
-      dest, n = dest_dir / f"{step}.{n}", n + 1
-    if src.exists():
-      dest_dir.mkdir(parents=True, exist_ok=True)
-      os.replace(src, dest)
-    return dest
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-def _on_every_process(flag: bool) -> bool:
-  """Whether `flag` holds on every process (an all-gather; no collective on one process)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.all(multihost_utils.process_allgather(np.array([int(flag)], np.int32))))
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
-class WorkdirLock:
-  """One writer per workdir: an exclusive `flock` on WORKDIR/.lock, held while the run lives.
-
-  The operating system drops the lock when the process ends, however it ends (kill -9
-  included), so there is nothing to clean up; the file only says who holds it (host, pid,
-  start time). Only process 0 of a multi-host run takes it: every process of one run writes the
-  same workdir, and a second run is refused by its own process 0. On NFS, Linux implements flock
-  with POSIX byte-range locks, which the server arbitrates between hosts; a filesystem without
-  locks (e.g. Lustre mounted without `flock`) gets one warning and no lock.
-  """
-
-  def __init__(self, workdir: str | os.PathLike, log=print):
-    self.path = pathlib.Path(workdir) / LOCK_FILE
-    self._log = log
-    self._fd = None
-
-  def __enter__(self) -> "WorkdirLock":
-    if jax.process_index() != 0:
-      return self
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-      os.close(fd)
-      raise ValueError(f"workdir {self.path.parent} is in use by {holder}; wait for that run "
-                       "to end (or stop it), or use another --workdir") from None
-    except OSError as e:
-      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        os.close(fd)
-        raise
-      self._log(f"warning: {self.path}: this filesystem has no file locks ({e.strerror}); "
-                "nothing stops a second run on this workdir")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (f"host {socket.gethostname()} pid {os.getpid()} (since "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode(), 0)
-    self._fd = fd
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._fd is not None:
-      os.close(self._fd)  # releases the lock; the file stays (removing it would race)
-      self._fd = None
-
-
-def latest_step(workdir: str | os.PathLike) -> int | None:
-  """The step of the latest complete training checkpoint, or None."""
-  directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
-  if not directory.is_dir():
-    return None
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as manager:
-    return manager.latest_step()
-
-
-def latest_variables(workdir: str | os.PathLike) -> tuple[dict, int] | None:
-  """{"params", "batch_stats"} (numpy) of the latest training checkpoint, and its step.
-
-  Needs no optimizer or model: the tree comes from the checkpoint's metadata. None when the
-  workdir has no checkpoint.
-  """
-  step = latest_step(workdir)
-  if step is None:
-    return None
-  path = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute() / str(step) / "state"
-  with ocp.PyTreeCheckpointer() as ckptr:
-    # Numpy leaves: no target state, whatever devices the saver had.
-    meta = ckptr.metadata(path)
-    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return {k: restored[k] for k in ("params", "batch_stats")}, int(step)
 
 
 # ------------------------------------------------------------------ the models a run keeps
