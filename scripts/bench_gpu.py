@@ -23,8 +23,9 @@ is near so that the run ends in time:
   pipeline      detector + pose per 1080p frame with 5 people, through the API
                 (`PoseEstimator` with a detector: detect, 5 crops, ResNet-50 256x192 with the
                 flip test, decoding): ms per frame, and the device ms of its two programs
-                (detector; pose: the 5 crops padded to a batch of 8). The detector's weights are random, saved with
-                score_thr 0 and max_per_img 5: five boxes per frame, as five people give
+                (detector; pose: the 5 crops padded to a batch of 8). The detector's weights
+                are random, saved with score_thr 0 and max_per_img 5: five boxes per frame,
+                as five people give
                 (issue 22's goal on one H100: <= 3 ms of device time per frame).
 Data: procedural people (data/synthetic.py) on 640x480 images, COCO-like sizes, packed with
 `sbpose_jax.pack`; nothing is faked. `--smoke` shrinks everything (ResNet-18 of width 8, 96x96,
