@@ -342,8 +342,8 @@ PIPELINE_OUTPUTS = ("boxes", "box_scores", "count", "keypoints", "scores")
 PIPELINE_MAX_DPX = 1e-2    # boxes and keypoints, image pixels (float32 at 1080p: ~1e-4 relative)
 PIPELINE_MAX_DSCORE = 1e-4
 ONNX_PIPELINE_LIMIT = (
-    "the detector + pose pipeline holds the detector's NMS, a lax.while_loop over the candidates "
-    "(inference/nms.py nms_fixed)")
+    "the detector's SPP max pools (flax max_pool with padding: jax2onnx 0.17.1's max-pool plugin "
+    "fails on them) and its NMS, a lax.while_loop (inference/nms.py nms_fixed)")
 
 
 def pipeline_function(detector, est, image_wh: Sequence[int], pose_model=None) -> Callable:
@@ -435,9 +435,10 @@ def pipeline_to_onnx(fn, image_wh, opset: int = 17) -> bytes:
                 opset=opset, input_names=["image"], output_names=list(PIPELINE_OUTPUTS))
   except Exception as e:   # noqa: BLE001 - any converter failure is the same answer
     first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    raise ValueError(f"jax2onnx cannot export {ONNX_PIPELINE_LIMIT} ({type(e).__name__}: "
-                     f"{first}); export it with --format stablehlo, or export the pose model "
-                     "alone to ONNX and run the detector beside it") from None
+    raise ValueError(f"jax2onnx cannot export the detector + pose pipeline ({type(e).__name__}: "
+                     f"{first}); what it does not convert: {ONNX_PIPELINE_LIMIT}; export it "
+                     "with --format stablehlo, or export the pose model alone to ONNX and run "
+                     "the detector beside it") from None
   del model.graph.value_info[:]
   return model.SerializeToString()
 

@@ -27,8 +27,8 @@ max_per_img; rows from count on are 0): the detector's resize and pad, network, 
 NMS, a crop per box warped on the device, the pose network, flip test and decoding
 (`exporting.pipeline_function`). It is checked against JAX on pictures of that size (the
 same number of people, boxes and keypoints within 1e-2 px, scores within 1e-4) before it is
-written. ONNX: only where jax2onnx converts the detector's NMS (a while loop); where it
-cannot, the export stops with one line saying so.
+written. ONNX: jax2onnx 0.17.1 does not convert the detector (its SPP max pools; its NMS is a
+while loop): the export stops with one line saying so.
 """
 from __future__ import annotations
 
