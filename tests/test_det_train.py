@@ -209,6 +209,7 @@ def test_fine_tune_from_a_converted_checkpoint(tmp_path):
   metrics = loop.train_and_evaluate(cfg, tmp_path / "ft", progress=False)
   assert "AP" in metrics["val"]
   assert saved_model.is_saved_model(tmp_path / "ft" / "model_last")
-  other = tiny_config(tmp_path, f"--config.init_checkpoint={src}", "--config.max_steps=1")
+  other = tiny_config(tmp_path, f"--config.init_checkpoint={src}", "--config.max_steps=1",
+                      "--config.model.widen_factor=0.25")
   with pytest.raises(ValueError, match="does not build"):
     loop.train_and_evaluate(other, tmp_path / "ft2", progress=False)
