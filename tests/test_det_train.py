@@ -13,6 +13,8 @@ import pytest
 from sbpose_jax.commands import config as config_lib
 from sbpose_jax.data import det_pipeline
 from sbpose_jax.evaluators import coco_bbox
+from sbpose_jax.inference import detection
+from sbpose_jax.models import rtmdet
 from sbpose_jax.training import det_task
 from sbpose_jax.training import loop
 from sbpose_jax.training import workdir as workdir_lib
@@ -165,6 +167,16 @@ def test_train_resume_and_saved_detector(tmp_path):
   assert json.loads((tmp_path / "full" / "model_best" / "meta.json").read_text())["kind"] == \
       "detector"
   assert (tmp_path / "full" / "eval" / "val_0000004" / coco_bbox.RESULTS_FILE).is_file()
+  # inference/detection.py's Detector reads it and finds what the training's evaluation finds
+  detector = detection.Detector.load(tmp_path / "full" / "model_last", batch_sizes=(2,))
+  stills = sorted((tmp_path / "stills" / "val").glob("*.jpg"))[:2]
+  images = [det_pipeline.load_image(str(f)) for f in stills]
+  found = detector(images, colour="bgr")
+  mine = det_task.detect_images(a, rtmdet.build(meta.arch, "float32"), meta.settings, images,
+                                batch_size=2)
+  for f, (boxes, scores) in zip(found, mine):
+    np.testing.assert_allclose(f.scores, scores, atol=1e-5)
+    np.testing.assert_allclose(f.boxes, boxes, atol=1e-3)
   # the saved weights are the EMA's, not the live parameters
   _, state = loop.train_and_evaluate(cfg, tmp_path / "full", progress=False, return_state=True)
   live = jax.device_get(state.params)
