@@ -4,6 +4,10 @@ Training (`train_dataset`), per process, as `pipeline.train_dataset` (same strea
 global permutation per epoch from the seed, `[process_index::process_count]`, batches grouped
 on the MapDataset so they are the same for any worker count, `start_batch` for a resumed run):
 
+Not yet the topology-free stream of pose training (pipeline.ProcessPart, issue 24): the
+processes stride the permutation, so a detector run resumed on another process count reads
+another (equally valid) stream; on one process the stream is a function of the step alone.
+
   load (cv2, BGR)  ->  RandomResize  ->  RandomCrop  ->  YOLOXHSVRandomAug  ->  RandomFlip
   ->  Pad(S, 114)  ->  boxes padded to `data.max_boxes` rows + a `box_valid` mask
 
