@@ -112,11 +112,16 @@ def test_batchnorm_groups(tiny_model):
 
 
 def test_check_batch_rejects_bad_group():
-  cfg = config_lib.load("coco_res50", ["--config.batch_size_per_device=24"])
+  # The BatchNorm groups are a property of the global batch (resolved by workdir.resolve_batch
+  # from the per-device batch and the device count), not of the devices.
+  def check(global_batch):
+    return training._check_batch(config_lib.load(
+        "coco_res50", ["--config.batch_size_per_device=0",
+                       f"--config.global_batch_size={global_batch}"]))
   with pytest.raises(ValueError, match="bn_group_size=64 must divide the global batch 96"):
-    training._check_batch(cfg, 4)
-  assert training._check_batch(cfg, 8) == (192, 64)
-  assert training._check_batch(cfg, 1) == (24, 0)   # group >= batch: one group = global
+    check(96)
+  assert check(192) == (192, 64)
+  assert check(24) == (24, 0)   # group >= batch: one group = global
 
 
 # --------------------------------------------------------------------- init and workdir

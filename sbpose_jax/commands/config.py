@@ -134,6 +134,8 @@ def derive_sizes(cfg: ml_collections.ConfigDict, overridden: set[str]) -> list[s
   (2 at 64 px -> 3 at 96 px, as the published 384x288 configs). Returns one note per derived
   field. `check_sizes` then refuses sizes that training cannot use.
   """
+  if cfg.get("task", "pose") != "pose":
+    return []   # a detector's data.input_size is one side (S x S), nothing derives from it
   d = cfg.data
   notes = []
   input_wh = tuple(int(v) for v in d.input_size)

@@ -24,6 +24,9 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.name = "common"
   c.seed = 0
+  # What is trained: "pose" (this file's fields) or "detection" (an RTMDet person detector:
+  # configs/demo_det.py, training/det_task.py), through the same loop.
+  c.task = "pose"
 
   c.data = ml_collections.ConfigDict(dict(
       dataset="coco",            # key of sbpose_jax.keypoints.DATASETS

@@ -203,6 +203,11 @@ def _prefetch(ds: grain.IterDataset, num_workers: int, buffer_size: int = 2):
       worker_init_fn=worker_init).map(unlink_shared_memory)
 
 
+def prefetch(ds: grain.IterDataset, num_workers: int, buffer_size: int = 2):
+  """`ds` read ahead by `num_workers` spawned worker processes (0: in this process)."""
+  return _prefetch(ds, num_workers, buffer_size)
+
+
 def _read_options(num_threads: int) -> grain.ReadOptions:
   # Elements are whole batches here: grain's default buffer of 500 would hold 500 batches.
   return grain.ReadOptions(num_threads=max(1, num_threads),

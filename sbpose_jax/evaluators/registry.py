@@ -18,7 +18,7 @@ import os
 from typing import Any, Callable
 
 
-from sbpose_jax.evaluators import coco, pck, posetrack
+from sbpose_jax.evaluators import coco, coco_bbox, pck, posetrack
 
 # Table columns: (label, metric key).
 _COCO_COLS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR", "AR"), ("AR50", "AR50"))
@@ -117,6 +117,9 @@ EVALUATORS = {
     "posetrack18": EvalType(posetrack.PoseTrackEvaluator, tuple(
         (c, c) for c in ("Head", "Shou", "Elb", "Wri", "Hip", "Knee", "Ankl", "Total")),
                             "Total", gt_field="val_gt_dir", find_gt=_posetrack_gt, percent=True),
+    # A person detector's box AP (the detection task, training/det_task.py).
+    "coco_bbox": EvalType(coco_bbox.CocoBoxEvaluator, tuple(
+        (c, c) for c in ("AP", "AP50", "AP75", "AP(M)", "AP(L)", "AR100")), "AP"),
 }
 
 

@@ -31,6 +31,7 @@ from sbpose_jax import sizes
 from sbpose_jax import evaluators
 from sbpose_jax import heatmaps as heatmaps_lib
 from sbpose_jax.inference import pose as inference
+from sbpose_jax.training import det_task
 from sbpose_jax.training import init as init_weights
 from sbpose_jax import keypoints
 from sbpose_jax.training import losses
@@ -47,6 +48,7 @@ from sbpose_jax.data import packed
 from sbpose_jax.data import pipeline
 from sbpose_jax.data import readers
 from sbpose_jax.data import synthetic
+from sbpose_jax.data import synthetic_video
 from sbpose_jax.data import ycc420
 from sbpose_jax.evaluators import loop
 from sbpose_jax.sizes import Sizes
@@ -163,6 +165,59 @@ def _eval_due(ev, step: int, epoch_steps: int) -> bool:
   return False
 
 
+# ------------------------------------------------------------------------------- the tasks
+
+class PoseTask:
+  """Top-down pose estimation (`config.task="pose"`, the default): the task-specific parts of
+  the loop. `det_task.DetectionTask` is the other task; everything else is shared."""
+  name = "pose"
+  train_keys = TRAIN_KEYS
+  step = staticmethod(train_step)
+
+  def check(self, config) -> None:
+    sizes.check_sizes(config)
+
+  def prepare_data(self, config):
+    return _prepare_data(config)
+
+  def build_model(self, config):
+    return models.build(config.model, keypoints.get(config.data.dataset).num_joints)
+
+  def input_hw(self, config) -> tuple[int, int]:
+    return Sizes.of(config.data).input_hw
+
+  def make_optimizer(self, config, epoch_steps: int):
+    return make_optimizer(config, epoch_steps)
+
+  def step_settings(self, config, bn_group: int) -> StepSettings:
+    s = Sizes.of(config.data)
+    return StepSettings(bn_group, config.data.colour_order, config.data.colour_order,
+                        s.heatmap_wh, float(config.data.sigma), s.input_wh)
+
+  def train_iterator(self, records, config, start_step: int = 0):
+    return _train_iterator(records, config, start_step)
+
+  def initial_variables(self, config, model, seed: int):
+    return init_weights.initial_variables(config, model, seed)
+
+  def evaluate(self, run, state, step: int, names):
+    return _evaluate(run, state, step, names)
+
+  def saved_model(self, config, state, step: int):
+    return ts.state_variables(state), workdir_lib.model_meta(config, step)
+
+
+TASKS = {"pose": PoseTask, "detection": det_task.DetectionTask}
+
+
+def task_of(config):
+  """The task object of `config.task` ("pose" when the config has no such field)."""
+  name = config.get("task", "pose")
+  if name not in TASKS:
+    raise ValueError(f"task={name!r} is unknown; known: {sorted(TASKS)}")
+  return TASKS[name]()
+
+
 # ------------------------------------------------------------------------------- the run
 
 @dataclasses.dataclass
@@ -180,6 +235,7 @@ class _Run:
   data_sharding: Any
   ckpts: checkpoints_lib.TrainCheckpoints
   logger: train_log.RunLogger
+  task: Any = None
   eval_sets: dict = dataclasses.field(default_factory=dict)
   pending: list = dataclasses.field(default_factory=list)
   last_log: tuple = (0, 0.0)
@@ -193,7 +249,15 @@ def _prepare_data(config):
     raise ValueError(f"data.source must be 'full' or 'packed', got {source!r}")
   if source == "full" and config.data.warp_on_device:
     raise ValueError("data.warp_on_device needs data.source='packed' (python -m sbpose_jax.pack)")
-  synthetic.ensure_from_config(config)
+  s = config.synthetic
+  if s.enabled and s.get("kind", "people") == "video_stills":
+    # the stills of the synthetic videos, with the clips' joint names (configs/demo_posetrack.py)
+    synthetic_video.ensure(config.data.root, "stills",
+                           num_images={"train": int(s.num_train), "val": int(s.num_val)},
+                           seed=int(s.seed), frame_size=tuple(s.frame_size),
+                           max_people=int(s.max_people), keypoint_format=s.keypoint_format)
+  else:
+    synthetic.ensure_from_config(config)
   if source == "packed":
     return packed.open_pack(packed.default_dir(config), config, "train")
   return readers.read_split(config.data, "train")
@@ -229,10 +293,10 @@ def _initial_state(run: _Run, tx, replicated) -> tuple[ts.TrainState, int]:
   """Fresh state (with init checkpoint), or the latest checkpoint's; and the start step."""
   config, model = run.config, run.model
   rng = jax.random.PRNGKey(int(config.seed))
-  hw = Sizes.of(config.data).input_hw
+  hw = run.task.input_hw(config)
   latest = run.ckpts.latest_step()
   if latest is None:
-    variables = init_weights.initial_variables(config, model, int(config.seed))
+    variables = run.task.initial_variables(config, model, int(config.seed))
     state = ts.create_train_state(model, tx, rng, hw, variables)
     return jax.device_put(state, replicated), 0
   abstract = jax.eval_shape(lambda: ts.create_train_state(model, tx, rng, hw))
@@ -320,16 +384,15 @@ def _evaluate(run: _Run, state, step: int, names) -> dict[str, dict[str, float]]
 def _save_models(run: _Run, state, step: int, results: Mapping, last: bool) -> float | None:
   """model_best when the first evaluation's main metric improved; model_last when `last`."""
   score = None
-  meta = workdir_lib.model_meta(run.config, step)
+  variables, meta = run.task.saved_model(run.config, state, step)
   if results:
     name = next(iter(run.config.evals))
     if name in results:
       metric = evaluators.main_metric(run.config.evals[name].type, results[name])
       score = results[name][metric]
-      workdir_lib.save_if_best(run.workdir, f"{name}/{metric}", score,
-                               ts.state_variables(state), meta)
+      workdir_lib.save_if_best(run.workdir, f"{name}/{metric}", score, variables, meta)
   if last:
-    workdir_lib.save_last(run.workdir, ts.state_variables(state), meta)
+    workdir_lib.save_last(run.workdir, variables, meta)
   return score
 
 
@@ -346,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       another config.
   """
   workdir = pathlib.Path(workdir)
-  sizes.check_sizes(config)   # before anything is compiled
+  task_of(config).check(config)   # before anything is compiled
   # flush: these lines say what the run does before its first step, also through a pipe.
   say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
   try:
@@ -370,30 +433,28 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
     say(f"config change on resume: {change}")
   for note in notes:
     say(note)
-  info = keypoints.get(config.data.dataset)
-  train_records = _prepare_data(config)
+  task = task_of(config)
+  train_records = task.prepare_data(config)
   global_batch, group = _check_batch(config)
   epoch_steps = optim.steps_per_epoch(len(train_records), global_batch)
   total = int(config.epochs) * epoch_steps
   stop = min(total, int(config.max_steps)) if int(config.max_steps) > 0 else total
-  tx, lr_fn = make_optimizer(config, epoch_steps)
-  model = models.build(config.model, info.num_joints)
+  tx, lr_fn = task.make_optimizer(config, epoch_steps)
+  model = task.build_model(config)
   mesh = make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sizes = Sizes.of(config.data)
-  settings = StepSettings(group, config.data.colour_order, config.data.colour_order,
-                          sizes.heatmap_wh, float(config.data.sigma), sizes.input_wh)
+  settings = task.step_settings(config, group)
   ckpts = checkpoints_lib.TrainCheckpoints(workdir, int(config.keep_checkpoints),
                                            metric="score" if config.evals else None)
   is_main = jax.process_index() == 0
   run = _Run(config, workdir, model, settings, epoch_steps, total, stop, global_batch, lr_fn,
              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), ckpts,
-             train_log.RunLogger(workdir, stop, 0, enabled=False))
+             train_log.RunLogger(workdir, stop, 0, enabled=False), task)
   # --- State and data position: fresh, or from the newest checkpoint that restores. The data
   # workers start (process start-up, first batch) while the state is made or restored.
   expected = ckpts.latest_step() or 0
   preemption.starting_at(expected)
-  train_iter = _train_iterator(train_records, config, expected)
+  train_iter = task.train_iterator(train_records, config, expected)
   first = _FirstBatch(train_iter)
   try:
     state, start = _initial_state(run, tx, replicated)
@@ -408,7 +469,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   if start != expected:  # fell back to an older checkpoint: the stream starts elsewhere
     first.wait()
     train_iter.close()
-    train_iter = _train_iterator(train_records, config, start)
+    train_iter = task.train_iterator(train_records, config, start)
     first = _FirstBatch(train_iter)
   run.logger = train_log.RunLogger(workdir, stop, start, enabled=is_main, progress=progress)
   run.logger.message(
@@ -420,14 +481,14 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
   step = done = start  # done: the last step whose update was dispatched
   try:
     if start == 0 and config.eval_at_start and config.evals:
-      results = _evaluate(run, state, 0, list(config.evals))
+      results = task.evaluate(run, state, 0, list(config.evals))
     run.last_log = (start, time.perf_counter())
     # --- The loop. `step` counts completed updates.
     for step in range(start + 1, stop + 1):
       local = first.take() if step == start + 1 else next(train_iter)
-      keys = TRAIN_KEYS + (("warp_matrix",) if "warp_matrix" in local else ())
-      state, metrics = train_step(state, to_global_batch(local, run.data_sharding, global_batch,
-                                                         keys), model=model, settings=settings)
+      keys = task.train_keys + (("warp_matrix",) if "warp_matrix" in local else ())
+      state, metrics = task.step(state, to_global_batch(local, run.data_sharding, global_batch,
+                                                        keys), model=model, settings=settings)
       done = step
       run.pending.append(metrics)
       run.logger.advance()
@@ -442,7 +503,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
         _flush_metrics(run, step, log)   # never checkpoint a diverged state
       score = None
       if due:
-        results = _evaluate(run, state, step, due)
+        results = task.evaluate(run, state, step, due)
         score = _save_models(run, state, step, results, last=step == stop)
       elif step == stop:
         _save_models(run, state, step, {}, last=True)
@@ -458,7 +519,7 @@ def _train_locked(config, workdir: pathlib.Path, progress: bool, return_state: b
         raise preemption_lib.Preempted(step, preemption.how)
     if start == stop and workdir_lib.last_step(workdir) != stop:
       # Killed between the last checkpoint and model_last: finish the job.
-      results = _evaluate(run, state, stop, list(config.evals)) if config.evals else {}
+      results = task.evaluate(run, state, stop, list(config.evals)) if config.evals else {}
       _save_models(run, state, stop, results, last=True)
     elif start == stop:
       run.logger.message(f"{workdir} already holds the finished run (step {stop}).")

@@ -270,7 +270,10 @@ def save_last(workdir: str | os.PathLike, variables: Mapping,
 def last_step(workdir: str | os.PathLike) -> int | None:
   """The training step of model_last, or None without one."""
   path = pathlib.Path(workdir) / MODEL_LAST
-  return saved_model.read_meta(path).step if saved_model.is_saved_model(path) else None
+  if not saved_model.is_saved_model(path):
+    return None
+  # The "step" field of meta.json, whatever the model's kind (pose model or detector).
+  return int(json.loads((path / saved_model.META_FILE).read_text()).get("step", 0))
 
 
 # --------------------------------------------------------- a saved model or a workdir's model

@@ -48,17 +48,19 @@ PERSON_CLASS = 0  # COCO's class 0
 class DetectorMeta:
   """What a saved detector is: `arch` (rtmdet.RTMDetArch), `settings` (rtmdet.TestSettings),
   `num_file_classes` (classes in the converted file), `classes_kept` (their indices, in the
-  order of the model's outputs: (0,) for a COCO file, person only), `source` (free text)."""
+  order of the model's outputs: (0,) for a COCO file, person only), `source` (free text),
+  `step` (training step: 0 when converted; a detector trained here records its step)."""
   arch: rtmdet.RTMDetArch
   settings: rtmdet.TestSettings
   num_file_classes: int = 1
   classes_kept: tuple[int, ...] = (0,)
   source: str = ""
+  step: int = 0
 
   def to_json(self) -> str:
     data = dict(kind=KIND, arch=dataclasses.asdict(self.arch),
                 settings=dataclasses.asdict(self.settings), num_file_classes=self.num_file_classes,
-                classes_kept=list(self.classes_kept), source=self.source)
+                classes_kept=list(self.classes_kept), source=self.source, step=self.step)
     return json.dumps(data, indent=2, sort_keys=True)
 
   @classmethod
@@ -73,7 +75,7 @@ class DetectorMeta:
                  settings=rtmdet.TestSettings(**data["settings"]),
                  num_file_classes=int(data["num_file_classes"]),
                  classes_kept=tuple(int(c) for c in data["classes_kept"]),
-                 source=str(data.get("source", "")))
+                 source=str(data.get("source", "")), step=int(data.get("step", 0)))
     except (KeyError, TypeError, ValueError) as e:
       raise ValueError(f"{where}: not a valid detector description ({e})") from None
 

@@ -1,0 +1,64 @@
+"""The detector demo: `python -m sbpose_jax.train --config demo_det`, no download, 2 CPU cores.
+
+Trains a small RTMDet person detector (models/rtmdet.py) from a random init on the synthetic
+video stills (data/synthetic_video.py `generate_stills`: 1 to 6 walking stick people per
+320x240 frame, COCO boxes), generated under data/synthetic_video_stills on first run, through
+the same loop as pose training (`task="detection"`, training/det_task.py), and evaluates COCO
+box AP on the held-out stills. The saved model (model_best / model_last) is a detector that
+`inference/detection.py`'s `Detector.load` reads, and that `track --detector` uses.
+
+The recipe is RTMDet's (training/det_task.py: dynamic soft-label assignment, QFL, GIoU, AdamW
+with flat-then-cosine, EMA; data/det_pipeline.py: resize, crop, HSV, flip, no mosaic) scaled to
+a CPU: RTMDet-tiny's depth and options at a third of its width (widen 0.125: stem 8 channels,
+neck and head 32) at a 128 x 128 input (a 320x240 frame fits as 128x96), batch 16, lr 1e-3 (the
+published 4e-3 is for a batch of 256 over 300 epochs), 5 epochs, a 50-step warmup. RTMDet-tiny
+itself at 256 ran at ~1 image/s on the shared 2-core machine, too slow for a 10-minute demo.
+Measured (docs/benchmarks.md, "Detector"): box AP 0.114 after these 5 epochs, far below the
+issue's goal of 0.7: the recipe is under-trained, not yet a working demo detector.
+
+Fine-tune converted published weights instead: `--config.init_checkpoint=DIR_OR_PTH` (a saved
+detector, or an MMDetection RTMDet .pth converted in memory; the model fields must match it,
+e.g. `--config.model.size=tiny` for rtmdet_tiny).
+"""
+import ml_collections
+
+from sbpose_jax.configs import common
+
+
+def get_config():
+  c = common.get_config()
+  c.name = "demo_det"
+  c.task = "detection"
+  c.synthetic = ml_collections.ConfigDict(dict(
+      enabled=True, num_train=1000, num_val=100, seed=0, frame_size=(320, 240), max_people=6))
+  c.data = ml_collections.ConfigDict(dict(
+      root="data/synthetic_video_stills",
+      train_ann="annotations/person_keypoints_train.json", train_images="train",
+      val_ann="annotations/person_keypoints_val.json", val_images="val",
+      input_size=128,            # S: the S x S network input (a multiple of 32)
+      max_boxes=16,              # GT boxes per image, padded: the step compiles once
+      resize_ratio=(0.5, 1.5),   # RandomResize ratio_range, of S
+      flip_prob=0.5,
+      hsv_deltas=(5, 30, 30),    # YOLOXHSVRandomAug hue, saturation, value deltas
+      min_box_size=2.0,          # boxes cut smaller than this (pixels) by the crop are dropped
+      num_workers=1,
+  ))
+  # RTMDet-tiny's options (MMDetection configs/rtmdet/rtmdet_tiny_8xb32-300e_coco.py) at a
+  # third of its width, one class.
+  c.model = ml_collections.ConfigDict(dict(
+      size="custom", deepen_factor=0.167, widen_factor=0.125, depthwise=False,
+      head_depthwise=False, share_conv=True, exp_on_reg=False, num_classes=1,
+      dtype="float32"))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, weight_decay=0.05, warmup_steps=50, warmup_ratio=1e-5, min_lr_ratio=0.05,
+      ema_momentum=0.0002, ema_gamma=2000.0))
+  c.batch_size_per_device = 16
+  c.bn_group_size = 0
+  c.epochs = 5
+  c.init_checkpoint = ""
+  c.test = ml_collections.ConfigDict(dict(
+      score_thr=0.05, nms_pre=1000, iou_thr=0.6, max_per_img=100, batch_size=20))
+  c.evals = ml_collections.ConfigDict(dict(val=common.eval_entry("coco_bbox", every_epochs=0)))
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  return c

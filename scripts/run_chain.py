@@ -1,0 +1,193 @@
+"""The whole chain on the synthetic clips, measured (docs/benchmarks.md, "The chain").
+
+  python scripts/run_chain.py --detector runs/demo_det/model_best \
+      --pose runs/demo_posetrack --out runs/chain [--clips 3] [--frames 100] [--det-every 1 5]
+
+1. clips with known tracks (data/synthetic_video.py `generate_clips`, PoseTrack18 joints, a
+   seed apart from the stills the models were trained on);
+2. the trained detector on every frame (training/det_task.py `detect_images`, the evaluation's
+   test time) -> a COCO detection-results box file per clip; with `--det-every N` only every
+   N-th frame keeps its boxes and the tracker's flow-propagated boxes carry the frames between
+   (`track.propagate`), which is what a detector run every N frames gives the tracker;
+3. `python -m sbpose_jax.track CLIP.json --boxes B --similarity S` per clip, for the boxes of
+   the ground truth, of the detector, and of the detector every N frames, and each similarity;
+4. `python -m sbpose_jax.evaluate --track` over the clips: poseval's AP (per joint group, total)
+   and MOTA, MOTP, precision, recall and ID switches.
+
+Writes OUT/chain.json (every row) and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import cv2
+
+from sbpose_jax.commands import evaluate as evaluate_cmd
+from sbpose_jax.commands import track as track_cmd
+from sbpose_jax.data import synthetic_video
+from sbpose_jax.evaluators import coco_bbox
+from sbpose_jax.evaluators import posetrack_mota
+from sbpose_jax.models import rtmdet
+from sbpose_jax.training import det_task
+from sbpose_jax.weights import rtmdet_conversion
+
+SIMILARITIES = ("flow", "oks", "iou")
+
+
+def clip_files(clips: pathlib.Path) -> list[pathlib.Path]:
+  return sorted((clips / "annotations" / "val").glob("*.json"))
+
+
+def detect_clips(detector: str, clips: pathlib.Path, out: pathlib.Path,
+                 det_every: tuple[int, ...]) -> dict[int, dict[str, pathlib.Path]]:
+  """Box files {N: {clip name: path}} of the detector on the clips' frames (every N-th frame)."""
+  variables, meta = rtmdet_conversion.load_detector(detector)
+  model = rtmdet.build(meta.arch, "float32")
+  files: dict[int, dict[str, pathlib.Path]] = {n: {} for n in det_every}
+  (out / "boxes").mkdir(parents=True, exist_ok=True)
+  for gt_file in clip_files(clips):
+    gt = json.loads(gt_file.read_text())
+    images = sorted(gt["images"], key=lambda im: im["frame_id"])
+    frames = [cv2.imread(str(clips / im["file_name"])) for im in images]
+    found = det_task.detect_images(variables, model, meta.settings, frames)
+    for n in det_every:
+      results = [{"image_id": im["id"], "category_id": 1, "score": float(s),
+                  "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                 for t, (im, (boxes, scores)) in enumerate(zip(images, found)) if t % n == 0
+                 for b, s in zip(boxes, scores)]
+      path = out / "boxes" / f"{gt_file.stem}_every{n}.json"
+      path.write_text(json.dumps(results))
+      files[n][gt_file.name] = path
+  return files
+
+
+def gt_boxes(clips: pathlib.Path, out: pathlib.Path) -> dict[str, pathlib.Path]:
+  """The ground truth's boxes of every frame as box files (score 1)."""
+  (out / "boxes").mkdir(parents=True, exist_ok=True)
+  files = {}
+  for gt_file in clip_files(clips):
+    gt = json.loads(gt_file.read_text())
+    results = [{"image_id": a["image_id"], "category_id": 1, "score": 1.0, "bbox": a["bbox"]}
+               for a in gt["annotations"] if a.get("bbox") and a["bbox"][2] > 0]
+    path = out / "boxes" / f"{gt_file.stem}_gt.json"
+    path.write_text(json.dumps(results))
+    files[gt_file.name] = path
+  return files
+
+
+def clip_box_ap(clips: pathlib.Path, box_files: dict[str, pathlib.Path], out: pathlib.Path
+                ) -> dict[str, float]:
+  """Box AP of the detector on the clip frames: the clips' GT boxes as one COCO file."""
+  images, anns, results = [], [], []
+  for gt_file in clip_files(clips):
+    gt = json.loads(gt_file.read_text())
+    images += [{"id": im["id"], "file_name": im["file_name"], "width": 0, "height": 0}
+               for im in gt["images"]]
+    anns += [{"id": len(anns) + i + 1, "image_id": a["image_id"], "category_id": 1,
+              "bbox": a["bbox"], "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0}
+             for i, a in enumerate(gt["annotations"]) if a.get("bbox") and a["bbox"][2] > 0]
+    results += json.loads(box_files[gt_file.name].read_text())
+  ann_file = out / "boxes" / "clips_gt_coco.json"
+  ann_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                  "categories": [{"id": 1, "name": "person"}]}))
+  ev = coco_bbox.CocoBoxEvaluator(ann_file=str(ann_file))
+  ev.results = [dict(r, category_id=0) for r in results]
+  return ev.compute()
+
+
+def track_and_score(clips: pathlib.Path, pose: str, config: str, boxes: dict[str, pathlib.Path],
+                    similarity: str, out: pathlib.Path, overrides=()) -> dict[str, float]:
+  """track every clip with these boxes and this similarity, then evaluate --track."""
+  res = out / "results"
+  res.mkdir(parents=True, exist_ok=True)
+  t = time.perf_counter()
+  frames = 0
+  for gt_file in clip_files(clips):
+    path, _ = track_cmd.main([str(gt_file), "--config", config, "--checkpoint", pose,
+                              "--out-dir", str(res), "--boxes", str(boxes[gt_file.name]),
+                              "--similarity", similarity, "--quiet", *overrides])
+    frames += len(json.loads(gt_file.read_text())["images"])
+    target = res / gt_file.name
+    if pathlib.Path(path) != target:
+      pathlib.Path(path).rename(target)
+  seconds = time.perf_counter() - t
+  m = evaluate_cmd.main(["--config", "posetrack18_res50", "--results", str(res), "--track",
+                         "--out-dir", str(out / "eval"), f"--config.data.root={clips}"])
+  row = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+  row["frames_per_s"] = frames / seconds
+  row["id_switches"] = id_switches(clips, res)
+  return row
+
+
+def id_switches(clips: pathlib.Path, results: pathlib.Path) -> int:
+  """ID switches over every clip and joint, as poseval counts them (posetrack_mota)."""
+  seqs = []
+  for gt_file in clip_files(clips):
+    gt = posetrack_mota.parse_sequence(json.loads(gt_file.read_text()), str(gt_file),
+                                       predictions=False)
+    pr_file = results / gt_file.name
+    pr = posetrack_mota.parse_sequence(json.loads(pr_file.read_text()), str(pr_file))
+    seqs.append((gt, pr, str(gt_file)))
+  return int(posetrack_mota.accumulate(seqs)["num_switches"].sum())
+
+
+def run_chain(detector: str, pose: str, config: str, out, *, num_clips: int = 3,
+              num_frames: int = 100, num_people: int = 4, seed: int = 1,
+              frame_size=(320, 240), det_every=(1, 5), similarities=SIMILARITIES,
+              overrides=()) -> dict:
+  out = pathlib.Path(out)
+  clips = synthetic_video.ensure(out / "clips", "clips", num_clips={"val": num_clips}, seed=seed,
+                                 frame_size=tuple(frame_size), num_frames=num_frames,
+                                 num_people=num_people, keypoint_format="posetrack18")
+  det = detect_clips(detector, clips, out, tuple(sorted(set((1,) + tuple(det_every)))))
+  report = {"box_ap_clips": clip_box_ap(clips, det[1], out), "rows": []}
+  sources = [("gt", gt_boxes(clips, out))] + [(f"det every {n}", det[n]) for n in det_every]
+  for name, boxes in sources:
+    for sim in similarities:
+      tag = f"{name.replace(' ', '')}_{sim}"
+      row = track_and_score(clips, pose, config, boxes, sim, out / tag, overrides)
+      report["rows"].append({"boxes": name, "similarity": sim, **row})
+      print(f"{name:>12} {sim:>5}: AP {row.get('Total', float('nan')):.1f} MOTA "
+            f"{row.get('track/MOTA', float('nan')):.1f} MOTP {row.get('track/MOTP', 0):.1f} "
+            f"IDsw {row['id_switches']}", flush=True)
+  (out / "chain.json").write_text(json.dumps(report, indent=1))
+  return report
+
+
+def markdown(report: dict) -> str:
+  lines = ["| boxes | similarity | pose AP (poseval) | MOTA | MOTP | Prec | Rec | ID switches |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in report["rows"]:
+    lines.append(f"| {r['boxes']} | {r['similarity']} | {r.get('Total', float('nan')):.1f} | "
+                 f"{r.get('track/MOTA', float('nan')):.1f} | {r.get('track/MOTP', 0):.1f} | "
+                 f"{r.get('track/Prec', 0):.1f} | {r.get('track/Rec', 0):.1f} | "
+                 f"{r['id_switches']} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--detector", required=True, help="saved detector (a demo_det model)")
+  p.add_argument("--pose", required=True, help="pose model or workdir (demo_posetrack)")
+  p.add_argument("--config", default="demo_posetrack")
+  p.add_argument("--out", required=True)
+  p.add_argument("--clips", type=int, default=3)
+  p.add_argument("--frames", type=int, default=100)
+  p.add_argument("--people", type=int, default=4)
+  p.add_argument("--det-every", type=int, nargs="+", default=[1, 5])
+  p.add_argument("--similarity", nargs="+", default=list(SIMILARITIES))
+  a = p.parse_args(argv)
+  report = run_chain(a.detector, a.pose, a.config, a.out, num_clips=a.clips,
+                     num_frames=a.frames, num_people=a.people, det_every=tuple(a.det_every),
+                     similarities=tuple(a.similarity))
+  print(f"box AP on the clip frames: {report['box_ap_clips']['AP']:.3f}")
+  print(markdown(report))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
