@@ -54,3 +54,30 @@ def test_eval_config_applies_the_entry_data_and_leaves_the_original():
   assert cfg.data.dataset == "coco"
   with pytest.raises(ValueError, match="has evals"):
     config_lib.eval_config(cfg, "nope")
+
+
+def test_loading_every_config_imports_no_jax():
+  """Configs are plain data: a process that loads every named config (and a user's config file
+  extending `common`) has imported no JAX, Flax, orbax, grain, optax or TFDS."""
+  import subprocess  # why: only this test starts a fresh interpreter
+  import sys  # why: as above
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  code = (
+      "import sys, pathlib, tempfile\n"
+      "from sbpose_jax.commands import config\n"
+      "for name in config.names():\n"
+      "  config.load(name)\n"
+      "user = pathlib.Path(tempfile.mkdtemp()) / 'mine.py'\n"
+      "user.write_text('from sbpose_jax.configs import demo\\n'\n"
+      "                'def get_config():\\n'\n"
+      "                '  c = demo.get_config(); c.name = \"mine\"; return c\\n')\n"
+      "config.load(str(user))\n"
+      "heavy = ('jax', 'jaxlib', 'flax', 'orbax', 'grain', 'optax', 'tensorflow_datasets', 'cv2')\n"
+      "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+      "print(len(config.names()))\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  loaded, count = proc.stdout.strip().splitlines()
+  assert loaded == "[]", loaded
+  assert int(count) >= len(PUBLISHED_ROWS) + 1
