@@ -161,9 +161,11 @@ class _Outputs:
 
   def add(self, fr, people) -> None:
     drawn = draw.draw_tracks(fr.image, people, self.skeleton, self.kpt_thr)
-    self.writer.write(drawn)
+    # The PNG first: a frame the video holds then always has its PNG (an interruption between
+    # the two leaves an extra PNG, which `_finish` removes).
     if self.png_dir is not None:
       outputs.write_png(self.png_dir / f"{pathlib.Path(fr.name).stem}.png", drawn)
+    self.writer.write(drawn)
     self.count += 1
     if self.bar is not None:
       self.bar.update(1)
@@ -279,8 +281,8 @@ def _finish(outputs_, path, source, info, frames_out, indices) -> list[pathlib.P
 
   Nothing tracked (stopped before the first frame): nothing is replaced, the out-dir keeps an
   earlier run's files as they were."""
-  # An interruption inside `add` may leave the last frame in the json only, or in the video
-  # but not its PNG: the json and the PNGs keep exactly the frames the video holds.
+  # An interruption inside `add` may leave the last frame in the json only, or its PNG without
+  # its video frame: the json and the PNGs keep exactly the frames the video holds.
   done = outputs_.writer.frames
   del frames_out[done:], indices[done:]
   if outputs_.png_dir is not None:
