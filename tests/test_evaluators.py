@@ -510,7 +510,7 @@ def test_point_in_polygon_excludes_the_boundary():
 
 def test_registry_config_and_table(fixtures_dir):
   assert set(EVALUATORS) == {"coco", "ochuman", "aic", "crowdpose", "coco_wholebody", "mpii",
-                             "mpii_trb", "posetrack18"}
+                             "mpii_trb", "posetrack18", "coco_bbox"}   # + the detector's box AP
   config = ml_collections.ConfigDict(dict(
       data=dict(dataset="coco", root=str(fixtures_dir / "coco"), val_ann="test_coco.json"),
       test=dict(vis_thr=0.3, oks_thr=0.8)))
