@@ -35,7 +35,7 @@ import pathlib
 import shutil
 import time
 import zlib
-from typing import Mapping
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -393,20 +393,8 @@ def ensure_synthetic(root, num_images: Mapping[str, int] | None = None, seed: in
   root = pathlib.Path(root)
   want = {"format_version": FORMAT_VERSION, "seed": seed, "image_size": list(image_size),
           "num_images": {k: int(v) for k, v in sorted(num_images.items())}}
-  if root.exists():
-    return _check_existing(root, want)
-  root.parent.mkdir(parents=True, exist_ok=True)
-  tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-  try:
-    generate(tmp, num_images, seed, image_size)
-    os.rename(tmp, root)
-  except OSError:
-    if not root.exists():
-      raise
-    # Someone else finished first: theirs wins.
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return _check_existing(root, want)
+  return ensure_generated(root, lambda out: generate(out, num_images, seed, image_size),
+                          "synthetic.json", want, "synthetic dataset", "data.root")
 
 
 def ensure_from_config(config) -> pathlib.Path | None:
@@ -422,11 +410,31 @@ def ensure_from_config(config) -> pathlib.Path | None:
                           seed=s.seed, image_size=tuple(s.image_size))
 
 
-def _check_existing(root: pathlib.Path, want: dict) -> pathlib.Path:
-  marker = root / "synthetic.json"
+def ensure_generated(root, make: Callable[[pathlib.Path], object], marker_name: str,
+                     want: dict, what: str, where: str) -> pathlib.Path:
+  """`make(folder)` into `root` unless `root` holds it already with the marker `want`.
+
+  Atomic: writes to a temporary sibling folder and renames it, so an interrupted run leaves no
+  half dataset and concurrent callers agree on one copy. `what` and `where` name the dataset
+  and the setting to change in the errors.
+  """
+  root = pathlib.Path(root)
+  if not root.exists():
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+      make(tmp)
+      os.rename(tmp, root)
+    except OSError:
+      if not root.exists():
+        raise
+      # Someone else finished first: theirs wins (checked below).
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  marker = root / marker_name
   if not marker.exists():
-    raise ValueError(f"{root} exists but is not a synthetic dataset (no {marker.name}); "
-                     "choose another data.root or delete it")
+    raise ValueError(f"{root} exists but is not a {what} (no {marker.name}); "
+                     f"choose another {where} or delete it")
   have = json.loads(marker.read_text())
   if have != want:
     raise ValueError(f"{marker} was generated with {have}, but {want} was asked for; "

@@ -43,10 +43,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
 import pathlib
-import shutil
-import time
 import zlib
 from typing import Mapping
 
@@ -432,25 +429,6 @@ def ensure(root, kind: str, **params) -> pathlib.Path:
   bound = inspect.signature(make).bind(root, **params)
   bound.apply_defaults()
   want = _marker(kind, {k: v for k, v in bound.arguments.items() if k != "out_dir"})
-  root = pathlib.Path(root)
-  if not root.exists():
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-      make(tmp, **params)
-      os.rename(tmp, root)
-    except OSError:
-      if not root.exists():
-        raise
-      # why: someone else finished first; theirs wins (checked below)
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
-  marker = root / "synthetic_video.json"
-  if not marker.exists():
-    raise ValueError(f"{root} exists but is not a synthetic video dataset (no {marker.name}); "
-                     "choose another folder or delete it")
-  have = json.loads(marker.read_text())
-  if have != want:
-    raise ValueError(f"{marker} was generated with {have}, but {want} was asked for; delete "
-                     "the folder to regenerate it")
-  return root
+  return synthetic.ensure_generated(root, lambda out: make(out, **params),
+                                    "synthetic_video.json", want, "synthetic video dataset",
+                                    "folder")
