@@ -18,6 +18,7 @@ import numpy as np
 
 from sbpose_jax import api
 from sbpose_jax import boxes as boxes_lib
+from sbpose_jax import interrupts
 from sbpose_jax import keypoints
 from sbpose_jax import outputs
 from sbpose_jax import video
@@ -202,13 +203,18 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
         continue
       results = predict_images(est, images, chunk_boxes(est, images, boxes_for), cfg,
                                use_nms)
-      pngs += write_outputs(out, images, results, cfg, kpt_thr)
-      records += [_record(p, img, r, cfg)[0] for (p, img), r in zip(images, results)]
+      for image, r in zip(images, results):
+        with interrupts.deferred():     # an image's PNG and its record, or neither
+          pngs += write_outputs(out, [image], [r], cfg, kpt_thr)
+          records.append(_record(*image, r, cfg)[0])
     done = True
-  except KeyboardInterrupt as e:
-    e.args = (f"interrupted after {len(records)} of {len(paths)} images: their poses were "
-              f"written to {out / PREDICTIONS} and {len(pngs)} pictures to {out}",)
-    raise
+  except BaseException as e:
+    interrupt = interrupts.interrupt_of(e)
+    if interrupt is None:
+      raise
+    interrupt.args = (f"interrupted after {len(records)} of {len(paths)} images: their poses "
+                      f"were written to {out / PREDICTIONS} and {len(pngs)} pictures to {out}",)
+    raise interrupt from None
   finally:
     if records or done:
       outputs.write_json(out / PREDICTIONS, {
@@ -262,11 +268,13 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
         drawn = visualize.draw_poses(
             _to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset, kpt_thr=kpt_thr,
             boxes=np.asarray(r["bboxes"]).reshape(-1, 4) if est.detector is not None else None)
-        writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        frames.append([{"score": s, "keypoints": np.round(k.astype(np.float64), 3).tolist()}
-                       | ({"bbox": [float(v) for v in b], "box_score": bs}
-                          if est.detector is not None else {})
-                       for s, k, b, bs in zip(r["scores"], kp, r["bboxes"], r["box_scores"])])
+        with interrupts.deferred():     # a frame in the video and in the json, or neither
+          writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+          frames.append([{"score": s, "keypoints": np.round(k.astype(np.float64), 3).tolist()}
+                         | ({"bbox": [float(v) for v in b], "box_score": bs}
+                            if est.detector is not None else {})
+                         for s, k, b, bs in zip(r["scores"], kp, r["bboxes"],
+                                                r["box_scores"])])
     chunk = []
     for f in video.prefetch(src.frames()):
       chunk.append(f)
@@ -276,13 +284,16 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
     if chunk:
       flush(chunk)
     done = True
-  except KeyboardInterrupt as e:
-    e.args = (f"interrupted at frame {len(frames)} of {path}: the {len(frames)} frames done "
-              f"were written to {out / path.stem}.mp4 and .json",)
-    raise
   except video.VideoError as e:
     raise video.VideoError(f"{e} — the {len(frames)} frames before it were written to "
                            f"{out / path.stem}.mp4 and .json", e.frame) from e
+  except BaseException as e:
+    interrupt = interrupts.interrupt_of(e)
+    if interrupt is None:
+      raise
+    interrupt.args = (f"interrupted at frame {len(frames)} of {path}: the {len(frames)} frames "
+                      f"done were written to {out / path.stem}.mp4 and .json",)
+    raise interrupt from None
   finally:     # a broken or interrupted video keeps what came before it
     writer.close()
     if frames or done:   # no frame: an earlier run's pair stays as it was

@@ -26,6 +26,8 @@ import sys
 import threading
 from typing import Callable, Sequence
 
+from sbpose_jax import interrupts
+
 EXIT_BUG, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 EXIT_PREEMPTED, EXIT_KILLED = 75, 143   # training/preemption.py ends with these
 LOGGER = "sbpose_jax"
@@ -203,6 +205,10 @@ def run(command: Callable[[argparse.Namespace, list[str]], int | None],
     # The one place that turns exceptions into a line and an exit status.
     if debug:
       raise
+    interrupt = interrupts.interrupt_of(e)     # a signal's exception wrapped by a C function
+    if interrupt is not None:
+      print(str(interrupt) or "interrupted", file=sys.stderr)
+      return exit_status(interrupt)
     found = _find_user_error(e)
     if found is not None:
       print(f"error: {describe(found)}", file=sys.stderr)

@@ -18,6 +18,7 @@ import numpy as np
 
 from sbpose_jax import api
 from sbpose_jax import boxes as boxes_lib
+from sbpose_jax import interrupts
 from sbpose_jax import keypoints
 from sbpose_jax import outputs
 from sbpose_jax import video
@@ -256,18 +257,18 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
       lap["write"] = time.perf_counter()
       for k, v in lap.items():
         t[k], stamp = t[k] + v - stamp, v
-  except (KeyboardInterrupt, video.VideoError) as e:
+  except BaseException as e:
     written = _finish(outputs_, path, source, info, frames_out, indices)
+    interrupt = interrupts.interrupt_of(e)
+    if interrupt is None and not isinstance(e, video.VideoError):
+      raise
     done = (f"the {len(frames_out)} frames before it were tracked and written to "
             f"{', '.join(str(p) for p in written)}" if written else
             f"no frame was tracked: nothing was written ({out} is as it was)")
-    if isinstance(e, KeyboardInterrupt):
-      e.args = (f"interrupted at frame {len(frames_out)} of {source.path}: {done}",)
-      raise
+    if interrupt is not None:
+      interrupt.args = (f"interrupted at frame {len(frames_out)} of {source.path}: {done}",)
+      raise interrupt from None
     raise type(e)(f"{e} — {done}", e.frame) from e
-  except BaseException:
-    _finish(outputs_, path, source, info, frames_out, indices)
-    raise
   written = _finish(outputs_, path, source, info, frames_out, indices)
   if source.skipped:
     log.warning("%s: skipped %d undecodable frames (%s%s)", source.path, len(source.skipped),
