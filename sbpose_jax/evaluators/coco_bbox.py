@@ -46,30 +46,57 @@ class CocoBoxEvaluator:
                              "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
 
   def compute(self, out_dir: str | None = None) -> dict[str, float]:
-    # why: pycocotools only where a detector is scored
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()):
-      gt = COCO(self.ann_file)
-    cat = self.category_id
-    if cat is None:
-      named = [c["id"] for c in gt.loadCats(gt.getCatIds()) if c.get("name") == "person"]
-      cat = named[0] if named else gt.getCatIds()[0]
+    gt = ground_truth(self.ann_file)
+    cat = person_category(gt, self.category_id)
     results = [dict(r, category_id=cat) for r in self.results]
     if out_dir:
       os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f)
-    image_ids = sorted(gt.getImgIds())
-    if not results:
-      has_gt = bool(gt.getAnnIds(imgIds=image_ids, catIds=[cat], iscrowd=False))
-      return {k: (0.0 if has_gt else -1.0) for k in BOX_STATS}
+    return box_stats(gt, results, cat)
+
+
+def ground_truth(ann_file):
+  """pycocotools' COCO of `ann_file`; a keypoint file's annotations without a category are the
+  person's (id 1), as are its missing categories."""
+  # why: pycocotools only where a detector is scored
+  from pycocotools.coco import COCO
+  with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO(str(ann_file))
+  if "categories" not in gt.dataset or any(
+      "category_id" not in a for a in gt.dataset.get("annotations", [])):
+    for ann in gt.dataset.get("annotations", []):
+      ann.setdefault("category_id", 1)
+    gt.dataset.setdefault("categories", [{"id": 1, "name": "person"}])
     with contextlib.redirect_stdout(io.StringIO()):
-      dt = gt.loadRes(results)
-      ev = COCOeval(gt, dt, "bbox")
-      ev.params.imgIds = image_ids
-      ev.params.catIds = [cat]
-      ev.evaluate()
-      ev.accumulate()
-      ev.summarize()
-    return {k: float(v) for k, v in zip(BOX_STATS, ev.stats)}
+      gt.createIndex()
+  return gt
+
+
+def person_category(gt, category_id: int | None = None) -> int:
+  """`category_id`, else the category named "person", else the first."""
+  if category_id is not None:
+    return int(category_id)
+  named = [c["id"] for c in gt.loadCats(gt.getCatIds()) if c.get("name") == "person"]
+  return named[0] if named else gt.getCatIds()[0]
+
+
+def box_stats(gt, results, category_id: int) -> dict[str, float]:
+  """COCOeval(iouType "bbox") of COCO detection `results` on `gt`'s `category_id` boxes (crowd
+  boxes ignored as COCOeval does): BOX_STATS. No detection: 0 (-1 where there is no GT)."""
+  # why: pycocotools only where a detector is scored
+  from pycocotools.cocoeval import COCOeval
+  image_ids = sorted(gt.getImgIds())
+  results = [dict(r, category_id=category_id) for r in results]
+  if not results:
+    has_gt = bool(gt.getAnnIds(imgIds=image_ids, catIds=[category_id], iscrowd=False))
+    return {k: (0.0 if has_gt else -1.0) for k in BOX_STATS}
+  with contextlib.redirect_stdout(io.StringIO()):
+    dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.imgIds = image_ids
+    ev.params.catIds = [category_id]
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+  return {k: float(v) for k, v in zip(BOX_STATS, ev.stats)}

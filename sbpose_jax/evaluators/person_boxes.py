@@ -12,8 +12,6 @@ crowd boxes ignored as COCOeval does), the number MMDetection's CocoMetric print
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pathlib
 from typing import Sequence
@@ -21,9 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from sbpose_jax.data import pipeline
+from sbpose_jax.evaluators import coco_bbox
 
 BOX_AP_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR")
-_STAT_INDEX = (0, 1, 2, 4, 5, 8)
+_STATS = ("AP", "AP50", "AP75", "AP(M)", "AP(L)", "AR100")   # coco_bbox.BOX_STATS
 
 
 def _image_table(ann_file) -> list[tuple[int, str]]:
@@ -66,27 +65,11 @@ def detect_images(detector, ann_file, image_root, chunk: int | None = None,
 
 
 def box_ap(ann_file, results: Sequence[dict]) -> dict[str, float]:
-  """Person box AP of COCO detection `results` against `ann_file`'s person boxes (pycocotools
-  COCOeval, iouType "bbox", category 1). No detection at all: every number 0."""
-  # why: pycocotools only when box AP is asked for
-  from pycocotools.coco import COCO
-  from pycocotools.cocoeval import COCOeval
-  if not results:
-    return {k: 0.0 for k in BOX_AP_NAMES}
-  with contextlib.redirect_stdout(io.StringIO()):
-    gt = COCO(str(ann_file))
-    for ann in gt.dataset["annotations"]:   # keypoint files: every box is a person's
-      ann.setdefault("category_id", 1)
-    if "categories" not in gt.dataset:
-      gt.dataset["categories"] = [{"id": 1, "name": "person"}]
-    gt.createIndex()
-    dt = gt.loadRes([dict(r) for r in results])
-    ev = COCOeval(gt, dt, "bbox")
-    ev.params.catIds = [1]
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-  return {k: float(max(ev.stats[i], 0.0)) for k, i in zip(BOX_AP_NAMES, _STAT_INDEX)}
+  """Person box AP of COCO detection `results` against `ann_file`'s person boxes (coco_bbox:
+  pycocotools COCOeval, iouType "bbox", category 1). No detection at all: every number 0."""
+  gt = coco_bbox.ground_truth(ann_file)
+  stats = coco_bbox.box_stats(gt, results, coco_bbox.person_category(gt, 1))
+  return {k: max(stats[s], 0.0) for k, s in zip(BOX_AP_NAMES, _STATS)}
 
 
 def format_box_ap(metrics: dict[str, float]) -> str:
