@@ -266,21 +266,39 @@ def test_export_pipeline_equals_jax(fixtures_dir, detectors, tmp_path, image_wh)
   assert int(jax.jit(nobody)(photos[0])[2]) == 0
 
 
-def test_export_pipeline_onnx_exports_or_says_why(detectors, tmp_path):
+def test_export_pipeline_onnx_equals_jax_at_several_sizes(fixtures_dir, detectors, tmp_path):
+  """Detector + pose as one ONNX graph (opset 18): the command's check on the fixture photos
+  resized to two picture sizes passes (same people, boxes/keypoints within 1e-2 px, scores
+  5e-3: exporting.PIPELINE_MAX_DSCORE), here run again from the written file; opset 17 is
+  refused in one line."""
   pytest.importorskip("jax2onnx")
   pytest.importorskip("onnxruntime")
+  from sbpose_jax import exporting
   from sbpose_jax.commands import export
   from test_api import save_tiny
   pose = save_tiny(tmp_path / "pose_64x48")
-  out = tmp_path / "pipeline.onnx"
-  try:
-    desc = export.export_pipeline(pose, detectors[0], "onnx", out, (160, 120))
-  except ValueError as e:
-    assert "jax2onnx cannot export the detector + pose pipeline" in str(e)
-    assert "while_loop" in str(e) and "\n" not in str(e)
-    assert not out.exists()
-  else:    # exported: the command's check passed (same people, boxes/keypoints within 1e-2)
-    assert desc["check"]["same_count"] and out.is_file()
+  est = api.PoseEstimator.load(pose)
+  det = detection.Detector.load(detectors[0])
+  for image_wh in ((160, 120), (96, 176)):
+    out = tmp_path / f"pipeline_{image_wh[0]}.onnx"
+    photos = exporting.pipeline_check_images(image_wh, [_rgb(p) for p in _photos(fixtures_dir)])
+    desc = export.export_pipeline(pose, detectors[0], "onnx", out, image_wh,
+                                  check_images=[_rgb(p) for p in _photos(fixtures_dir)])
+    assert desc["onnx_opset"] == 18 and desc["check"]["same_count"]
+    assert sum(desc["check"]["people"]) > 0, "the calibrated detector finds people"
+    run = exporting.onnx_runner(out.read_bytes())
+    reference = jax.jit(exporting.pipeline_function(det, est, image_wh))
+    for img in photos:
+      got, want = run(img), [np.asarray(a) for a in reference(img)]
+      n = int(want[2])
+      assert int(got[2]) == n
+      for i in (0, 1, 3, 4):     # boxes, box scores, keypoints, scores (2: the count)
+        np.testing.assert_allclose(np.asarray(got[i])[:n], want[i][:n], rtol=0,
+                                   atol=1e-2 if i in (0, 3) else exporting.PIPELINE_MAX_DSCORE)
+  with pytest.raises(ValueError, match="needs opset 18 or later") as e:
+    export.export_pipeline(pose, detectors[0], "onnx", tmp_path / "old.onnx", (160, 120),
+                           opset=17)
+  assert "\n" not in str(e.value) and not (tmp_path / "old.onnx").exists()
 
 
 def test_export_pipeline_needs_the_image_size(detectors, tmp_path, capsys):

@@ -74,19 +74,26 @@ def nms_fixed(boxes, scores, valid, iou_thr: float, max_out: int):
   thr = jnp.float32(iou_thr)
   masked = jnp.where(valid, scores, -jnp.inf)
 
+  # `alive` is carried as int32, not bool: jax2onnx 0.17.1 masks a loop's state with Where,
+  # which onnxruntime has no bool kernel for.
   def cond(state):
     i, alive, _ = state
-    return (i < max_out) & jnp.any(alive)
+    return (i < max_out) & jnp.any(alive > 0)
 
   def body(state):
     i, alive, keep = state
-    j = jnp.argmax(jnp.where(alive, masked, -jnp.inf))
-    keep = keep.at[i].set(j.astype(jnp.int32))
+    j = jnp.argmax(jnp.where(alive > 0, masked, -jnp.inf))
+    # Selects, not keep.at[i].set and boxes[j]: the form ONNX converters take (jax2onnx 0.17.1
+    # has no scatter, and its dynamic index inside a loop fails onnxruntime's checker).
+    keep = jnp.where(jnp.arange(max_out) == i, j.astype(jnp.int32), keep)
+    chosen = jnp.arange(n) == j
+    box = jnp.sum(jnp.where(chosen[:, None], boxes, 0.0), axis=0)
     # NaN IoU (two empty boxes) is not > thr: such a box survives, as in mmcv.
-    dead = iou_one_to_many(boxes[j], boxes) > thr
-    alive = alive & ~dead & (jnp.arange(n) != j)
+    dead = iou_one_to_many(box, boxes) > thr
+    alive = jnp.where(dead | chosen, 0, alive)
     return i + 1, alive, keep
 
   keep0 = jnp.full((max_out,), -1, jnp.int32)
-  count, _, keep = jax.lax.while_loop(cond, body, (jnp.int32(0), valid, keep0))
+  count, _, keep = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), valid.astype(jnp.int32), keep0))
   return keep, count

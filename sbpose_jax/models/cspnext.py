@@ -121,6 +121,15 @@ class ChannelAttention(nn.Module):
     return x * w.astype(x.dtype)
 
 
+def _same_max_pool(x, k: int):
+  """torch's MaxPool2d(k, stride 1, padding k // 2): padded with -inf (padded cells never win),
+  then pooled VALID, keywords only: the form ONNX converters keep (jax2onnx 0.17.1 drops
+  `nn.max_pool`'s explicit padding and takes no positional window; docs/ecosystem.md §7)."""
+  p = k // 2
+  x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding="VALID")
+
+
 class SPPBottleneck(nn.Module):
   """csp_darknet.SPPBottleneck: conv1 (1x1 to in/2), max pools 5/9/13 (stride 1, padding k//2)
   concatenated with their input, conv2 (1x1)."""
@@ -132,8 +141,7 @@ class SPPBottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = ConvModule(x.shape[-1] // 2, 1, conv=self.conv, norm=self.norm, name="conv1")(x)
-    # Flax pads max pools with -inf, as torch's MaxPool2d.
-    pools = [nn.max_pool(x, (k, k), (1, 1), padding=_pad(k)) for k in self.kernels]
+    pools = [_same_max_pool(x, k) for k in self.kernels]
     x = jnp.concatenate([x] + pools, axis=-1)
     return ConvModule(self.features, 1, conv=self.conv, norm=self.norm, name="conv2")(x)
 
