@@ -5,12 +5,12 @@
 
 1. clips with known tracks (data/synthetic_video.py `generate_clips`, PoseTrack18 joints, a
    seed apart from the stills the models were trained on);
-2. the trained detector on every frame (training/det_task.py `detect_images`, the evaluation's
-   test time) -> a COCO detection-results box file per clip; with `--det-every N` only every
-   N-th frame keeps its boxes and the tracker's flow-propagated boxes carry the frames between
-   (`track.propagate`), which is what a detector run every N frames gives the tracker;
-3. `python -m sbpose_jax.track CLIP.json --boxes B --similarity S` per clip, for the boxes of
-   the ground truth, of the detector, and of the detector every N frames, and each similarity;
+2. the detector's box AP on the clip frames (training/det_task.py `detect_images`, the
+   evaluation's test time; its boxes are also written as COCO detection-results files, every
+   N-th frame's with `--det-every N`, reusable with `track --boxes`);
+3. `python -m sbpose_jax.track CLIP.json --similarity S` per clip with the ground truth's boxes
+   (`--boxes`), and with the detector itself (`--detector D --det-every N`: the detector on every
+   N-th frame, the tracker's flow-propagated boxes between), for each similarity;
 4. `python -m sbpose_jax.evaluate --track` over the clips: poseval's AP (per joint group, total)
    and MOTA, MOTP, precision, recall and ID switches.
 
@@ -99,16 +99,17 @@ def clip_box_ap(clips: pathlib.Path, box_files: dict[str, pathlib.Path], out: pa
   return ev.compute()
 
 
-def track_and_score(clips: pathlib.Path, pose: str, config: str, boxes: dict[str, pathlib.Path],
+def track_and_score(clips: pathlib.Path, pose: str, config: str, box_args,
                     similarity: str, out: pathlib.Path, overrides=()) -> dict[str, float]:
-  """track every clip with these boxes and this similarity, then evaluate --track."""
+  """track every clip with these boxes (`box_args(clip json)`: track's arguments) and this
+  similarity, then evaluate --track."""
   res = out / "results"
   res.mkdir(parents=True, exist_ok=True)
   t = time.perf_counter()
   frames = 0
   for gt_file in clip_files(clips):
     path, _ = track_cmd.main([str(gt_file), "--config", config, "--checkpoint", pose,
-                              "--out-dir", str(res), "--boxes", str(boxes[gt_file.name]),
+                              "--out-dir", str(res), *box_args(gt_file),
                               "--similarity", similarity, "--quiet", *overrides])
     frames += len(json.loads(gt_file.read_text())["images"])
     target = res / gt_file.name
@@ -145,11 +146,14 @@ def run_chain(detector: str, pose: str, config: str, out, *, num_clips: int = 3,
                                  num_people=num_people, keypoint_format="posetrack18")
   det = detect_clips(detector, clips, out, tuple(sorted(set((1,) + tuple(det_every)))))
   report = {"box_ap_clips": clip_box_ap(clips, det[1], out), "rows": []}
-  sources = [("gt", gt_boxes(clips, out))] + [(f"det every {n}", det[n]) for n in det_every]
-  for name, boxes in sources:
+  gt = gt_boxes(clips, out)
+  sources = [("gt", lambda f: ["--boxes", str(gt[f.name])])] + [
+      (f"det every {n}", lambda f, n=n: ["--detector", detector, "--det-every", str(n)])
+      for n in det_every]
+  for name, box_args in sources:
     for sim in similarities:
       tag = f"{name.replace(' ', '')}_{sim}"
-      row = track_and_score(clips, pose, config, boxes, sim, out / tag, overrides)
+      row = track_and_score(clips, pose, config, box_args, sim, out / tag, overrides)
       report["rows"].append({"boxes": name, "similarity": sim, **row})
       print(f"{name:>12} {sim:>5}: AP {row.get('Total', float('nan')):.1f} MOTA "
             f"{row.get('track/MOTA', float('nan')):.1f} MOTP {row.get('track/MOTP', 0):.1f} "

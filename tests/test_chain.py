@@ -1,6 +1,7 @@
 """The chain in miniature (scripts/run_chain.py): a few training steps of the detector
 (demo_det) and of the pose model (demo_posetrack), one short synthetic clip, the detector's
-boxes into `track --boxes` for each similarity, `evaluate --track`: the plumbing and the formats,
+boxes (`track --detector`, every frame and every 3rd) and the ground truth's (`track --boxes`)
+for each similarity, `evaluate --track`: the plumbing and the formats,
 not the figures (docs/benchmarks.md has those)."""
 from __future__ import annotations
 

@@ -534,12 +534,18 @@ def test_second_sigterm_or_the_grace_period_falls_back_to_the_last_checkpoint(
   rest = "".join(lines) + proc.communicate(timeout=300)[0]
   assert proc.returncode == 143, rest
   last = rest.strip().splitlines()[-1]
-  stopping = int(last.split("checkpoint of step ")[-1].split()[0])
   why = "a second SIGTERM arrived" if how == "second_sigterm" else (
       "the grace period of 1 s ran out")
-  assert last == (f"preempted: {why} before the checkpoint of step {stopping} was complete; "
-                  "stopped without it; re-running the same command resumes from step 4"), rest
-  assert stopping >= 6 and _complete_steps(work) == [4]
+  if how == "grace_period" and "before this run reached a step to stop at" in last:
+    # A loaded machine: the step after the signal took longer than the 1 s grace period.
+    assert last == (f"preempted: {why} before this run reached a step to stop at; stopped "
+                    "without it; re-running the same command resumes from step 4"), rest
+  else:
+    stopping = int(last.split("checkpoint of step ")[-1].split()[0])
+    assert last == (f"preempted: {why} before the checkpoint of step {stopping} was complete; "
+                    "stopped without it; re-running the same command resumes from step 4"), rest
+    assert stopping >= 6
+  assert _complete_steps(work) == [4]
   assert "Traceback" not in rest, rest
 
 
