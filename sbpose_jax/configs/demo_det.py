@@ -36,6 +36,7 @@ def get_config():
       train_ann="annotations/person_keypoints_train.json", train_images="train",
       val_ann="annotations/person_keypoints_val.json", val_images="val",
       input_size=128,            # S: the S x S network input (a multiple of 32)
+      crop_size=(0, 0),          # training crop (width, height), multiples of 32; (0, 0): S x S
       max_boxes=16,              # GT boxes per image, padded: the step compiles once
       resize_ratio=(0.5, 1.5),   # RandomResize ratio_range, of S
       flip_prob=0.5,
