@@ -19,6 +19,12 @@ puts four images' objects at half scale into one; the synthetic stills already h
 over a range of scales, and on 2 CPU cores each mosaic sample costs four decodes: it was not
 measured to pay here (docs/benchmarks.md, "Detector").
 
+`data.crop_size` (width, height), when set, replaces the S x S of RandomCrop and Pad (as
+`crop_size` and `size` of those MMDetection transforms): the network is fully convolutional, so
+it can train on W x H crops at the test time's scale (RandomResize still fits the image into
+S x S) and still test on the S x S letterbox. A 4:3 frame letterboxed to S x S is a quarter
+padding; a 4:3 crop spends no time on it (docs/benchmarks.md, "Detector").
+
 Every augmentation moves the boxes with the pixels: resize scales them, the crop shifts and
 clips them (a box left with a side under `min_box_size` pixels is dropped, as RandomCrop drops
 empty boxes), the flip mirrors them (x1' = S_w - x2), the pad leaves them. Boxes are xyxy in
