@@ -194,8 +194,8 @@ def test_train_on_a_rectangular_crop(tmp_path):
   shape), the saved detector still tests at S x S."""
   cfg = tiny_config(tmp_path, "--config.data.crop_size=(64, 32)", "--config.max_steps=2")
   assert det_pipeline.crop_wh(cfg.data) == (64, 32)
-  task = det_task.DetectionTask()
-  batch = next(task.train_iterator(task.prepare_data(cfg), cfg))
+  records = det_task.DetectionTask().prepare_data(cfg)
+  batch = next(iter(det_pipeline.train_dataset(records, cfg, batch_size=2, seed=0)))
   assert batch["image"].shape == (2, 32, 64, 3)
   out = loop.train_and_evaluate(cfg, tmp_path / "w", progress=False)
   assert set(out["val"]) >= {"AP", "AP50"}
