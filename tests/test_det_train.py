@@ -44,17 +44,20 @@ def _squares(boxes, wh=(120, 90)):
   return image
 
 
+@pytest.mark.parametrize("crop", [None, (96, 64)])
 @pytest.mark.parametrize("seed", range(6))
-def test_augmented_boxes_follow_the_pixels(seed):
-  """Resize, crop, flip and pad: each output box is exactly the white block it came from (up to
-  the resize's rounding), boxes cut away are dropped, the padding rows are masked."""
+def test_augmented_boxes_follow_the_pixels(seed, crop):
+  """Resize, crop (S x S, or a `crop_size` of its own), flip and pad: each output box is exactly
+  the white block it came from (up to the resize's rounding), boxes cut away are dropped, the
+  padding rows are masked."""
   boxes = np.array([[10, 10, 40, 70], [70, 20, 110, 50]], np.float32)
   aug = det_pipeline.Augment(64, 4, ratio_range=(0.6, 1.4), flip_prob=0.5, hsv=(0, 0, 0),
-                             min_box_size=4)
+                             min_box_size=4, crop_size=crop)
   out = aug.random_map({"image": _squares(boxes), "boxes": boxes},
                        np.random.default_rng(seed))
   image, got, valid = out["image"], out["boxes"], out["box_valid"]
-  assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+  w, h = crop or (64, 64)
+  assert image.shape == (h, w, 3) and image.dtype == np.uint8
   assert got.shape == (4, 4) and valid.dtype == bool and not valid[2:].any()
   white = image[..., 0] > 127
   labels = np.zeros_like(white, int)
@@ -186,9 +189,26 @@ def test_train_resume_and_saved_detector(tmp_path):
                                                       jax.tree.leaves(ema)))
 
 
+def test_train_on_a_rectangular_crop(tmp_path):
+  """`data.crop_size` (width, height): the step trains on W x H crops (priors from the batch's
+  shape), the saved detector still tests at S x S."""
+  cfg = tiny_config(tmp_path, "--config.data.crop_size=(64, 32)", "--config.max_steps=2")
+  assert det_pipeline.crop_wh(cfg.data) == (64, 32)
+  records = det_task.DetectionTask().prepare_data(cfg)
+  batch = next(iter(det_pipeline.train_dataset(records, cfg, batch_size=2, seed=0)))
+  assert batch["image"].shape == (2, 32, 64, 3)
+  out = loop.train_and_evaluate(cfg, tmp_path / "w", progress=False)
+  assert set(out["val"]) >= {"AP", "AP50"}
+  meta = rtmdet_conversion.read_meta(tmp_path / "w" / "model_last")
+  assert meta.step == 2 and meta.settings.input_size == 64
+
+
 def test_unknown_task_and_bad_sizes_are_one_line(tmp_path):
   cfg = tiny_config(tmp_path, "--config.data.input_size=70")
   with pytest.raises(ValueError, match="multiple of 32"):
+    loop.train_and_evaluate(cfg, tmp_path / "w", progress=False)
+  cfg = tiny_config(tmp_path, "--config.data.crop_size=(70, 64)")
+  with pytest.raises(ValueError, match="multiples of 32"):
     loop.train_and_evaluate(cfg, tmp_path / "w", progress=False)
   cfg = tiny_config(tmp_path, "--config.task=segmentation")
   with pytest.raises(ValueError, match="task='segmentation' is unknown"):

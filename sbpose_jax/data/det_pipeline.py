@@ -19,6 +19,12 @@ puts four images' objects at half scale into one; the synthetic stills already h
 over a range of scales, and on 2 CPU cores each mosaic sample costs four decodes: it was not
 measured to pay here (docs/benchmarks.md, "Detector").
 
+`data.crop_size` (width, height), when set, replaces the S x S of RandomCrop and Pad (as
+`crop_size` and `size` of those MMDetection transforms): the network is fully convolutional, so
+it can train on W x H crops at the test time's scale (RandomResize still fits the image into
+S x S) and still test on the S x S letterbox. A 4:3 frame letterboxed to S x S is a quarter
+padding; a 4:3 crop spends no time on it (docs/benchmarks.md, "Detector").
+
 Every augmentation moves the boxes with the pixels: resize scales them, the crop shifts and
 clips them (a box left with a side under `min_box_size` pixels is dropped, as RandomCrop drops
 empty boxes), the flip mirrors them (x1' = S_w - x2), the pad leaves them. Boxes are xyxy in
@@ -130,13 +136,15 @@ def random_resize(image, boxes, rng: np.random.Generator, size: int, ratio_range
   return image, boxes * np.array([new_w / w, new_h / h] * 2, np.float32)
 
 
-def random_crop(image, boxes, rng: np.random.Generator, size: int, min_box_size: float):
-  """RandomCrop(crop_size=(S, S)): a random S x S window (the whole side where shorter); boxes
-  shifted, clipped to it, and dropped when a side falls under `min_box_size` pixels."""
+def random_crop(image, boxes, rng: np.random.Generator, size, min_box_size: float):
+  """RandomCrop(crop_size): a random window of `size` (S for S x S, or (width, height); the
+  whole side where the image is shorter); boxes shifted, clipped to it, and dropped when a side
+  falls under `min_box_size` pixels."""
+  cw, ch = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
   h, w = image.shape[:2]
-  y0 = int(rng.integers(0, max(h - size, 0) + 1))
-  x0 = int(rng.integers(0, max(w - size, 0) + 1))
-  image = image[y0:y0 + size, x0:x0 + size]
+  y0 = int(rng.integers(0, max(h - ch, 0) + 1))
+  x0 = int(rng.integers(0, max(w - cw, 0) + 1))
+  image = image[y0:y0 + ch, x0:x0 + cw]
   ch, cw = image.shape[:2]
   boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
   boxes = np.clip(boxes, 0, np.array([cw, ch, cw, ch], np.float32))
@@ -165,10 +173,12 @@ def flip(image, boxes):
   return image[:, ::-1], out
 
 
-def pad_to(image, size: int, value: int = PAD_VALUE) -> np.ndarray:
-  """Pad(size=(S, S), pad_val=value): the image at the top left of an S x S canvas."""
-  out = np.full((size, size, 3), value, np.uint8)
-  h, w = min(image.shape[0], size), min(image.shape[1], size)
+def pad_to(image, size, value: int = PAD_VALUE) -> np.ndarray:
+  """Pad(size, pad_val=value): the image at the top left of a canvas of `size` (S for S x S,
+  or (width, height))."""
+  w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+  out = np.full((h, w, 3), value, np.uint8)
+  h, w = min(image.shape[0], h), min(image.shape[1], w)
   out[:h, :w] = image[:h, :w]
   return out
 
@@ -200,34 +210,46 @@ class Augment(grain.transforms.RandomMap):
   """The whole training augmentation of one sample (module docstring), fixed-shape out."""
 
   def __init__(self, size: int, max_boxes: int, ratio_range=(0.5, 1.5), flip_prob=0.5,
-               hsv=(5, 30, 30), min_box_size=1.0):
+               hsv=(5, 30, 30), min_box_size=1.0, crop_size=None):
     self.size, self.max_boxes = int(size), int(max_boxes)
+    # the (width, height) of the crop and of the padded output; S x S by default
+    self.crop = (self.size, self.size) if not crop_size or not all(crop_size) else (
+        int(crop_size[0]), int(crop_size[1]))
     self.ratio_range = tuple(float(r) for r in ratio_range)
     self.flip_prob, self.hsv, self.min_box_size = float(flip_prob), tuple(hsv), min_box_size
 
   def random_map(self, element, rng: np.random.Generator):
     image, boxes = element["image"], np.asarray(element["boxes"], np.float32).reshape(-1, 4)
     image, boxes = random_resize(image, boxes, rng, self.size, self.ratio_range)
-    image, boxes = random_crop(image, boxes, rng, self.size, self.min_box_size)
+    image, boxes = random_crop(image, boxes, rng, self.crop, self.min_box_size)
     if any(self.hsv):
       image = hsv_augment(image, rng, self.hsv)
     if rng.random() < self.flip_prob:
       image, boxes = flip(image, boxes)
     padded, valid = pad_boxes(boxes, self.max_boxes)
-    return {"image": pad_to(np.ascontiguousarray(image), self.size), "boxes": padded,
+    return {"image": pad_to(np.ascontiguousarray(image), self.crop), "boxes": padded,
             "box_valid": valid}
+
+
+def crop_wh(data) -> tuple[int, int]:
+  """The training crop's (width, height): `data.crop_size`, or S x S where it is (0, 0) or
+  absent."""
+  crop = tuple(int(v) for v in data.get("crop_size", None) or (0, 0))
+  size = int(data.input_size)
+  return (size, size) if not all(crop) else crop
 
 
 def augment_from_config(config) -> Augment:
   d = config.data
   return Augment(int(d.input_size), int(d.max_boxes), tuple(d.resize_ratio), float(d.flip_prob),
-                 tuple(d.hsv_deltas), float(d.min_box_size))
+                 tuple(d.hsv_deltas), float(d.min_box_size), crop_wh(d))
 
 
 def train_dataset(records: DetRecords, config, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_workers: int | None = None, start_batch: int = 0) -> grain.IterDataset:
-  """The training batches of one process: image (B, S, S, 3) uint8 BGR, boxes (B, G, 4)
+  """The training batches of one process: image (B, H, W, 3) uint8 BGR (the crop, S x S by
+  default), boxes (B, G, 4)
   float32 xyxy input pixels, box_valid (B, G) bool; endless; batch k is a function of the
   seed and k alone (any num_workers)."""
   if len(records) == 0:

@@ -151,10 +151,11 @@ class DetStepSettings(NamedTuple):
   std: tuple = rtmdet.TestSettings().std
 
 
-def priors_of(size: int) -> np.ndarray:
-  """(N, 4) priors of an S x S input, levels in the order the head's outputs are flattened."""
-  return det_assigner.grid_priors([(size // s, size // s) for s in rtmdet.STRIDES],
-                                  rtmdet.STRIDES)
+def priors_of(size: int, width: int | None = None) -> np.ndarray:
+  """(N, 4) priors of an S x S input (or `size` rows x `width` columns), levels in the order
+  the head's outputs are flattened."""
+  h, w = size, size if width is None else width
+  return det_assigner.grid_priors([(h // s, w // s) for s in rtmdet.STRIDES], rtmdet.STRIDES)
 
 
 def normalise(images, mean, std):
@@ -168,13 +169,14 @@ def _flatten(levels):
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"), donate_argnums=0)
 def train_step(state: ts.TrainState, batch, *, model, settings: DetStepSettings):
-  """One AdamW step of RTMDet on a global batch: image (B, S, S, 3) uint8 BGR, boxes (B, G, 4)
-  xyxy input pixels, box_valid (B, G). Metrics as the loop sums them (loss_sum, count, visible:
-  the GT boxes, grad_norm) plus loss_cls, loss_bbox."""
+  """One AdamW step of RTMDet on a global batch: image (B, H, W, 3) uint8 BGR (the training
+  crop: S x S, or `data.crop_size`; H, W multiples of 32), boxes (B, G, 4) xyxy input pixels,
+  box_valid (B, G). Metrics as the loop sums them (loss_sum, count, visible: the GT boxes,
+  grad_norm) plus loss_cls, loss_bbox."""
   x = normalise(batch["image"], settings.mean, settings.std)
   gt = batch["boxes"].astype(jnp.float32)
   valid = batch["box_valid"].astype(bool)
-  priors = jnp.asarray(priors_of(settings.input_size))
+  priors = jnp.asarray(priors_of(*batch["image"].shape[1:3]))
   labels = jnp.zeros(valid.shape, jnp.int32)
 
   def loss_fn(params):
@@ -292,6 +294,10 @@ class DetectionTask:
     if size % 32 or size < 32:
       raise ValueError(f"data.input_size must be a positive multiple of 32 (RTMDet's largest "
                        f"stride), got {size}")
+    crop = det_pipeline.crop_wh(config.data)
+    if any(v % 32 or v < 32 for v in crop):
+      raise ValueError(f"data.crop_size (width, height) must be positive multiples of 32 "
+                       f"(RTMDet's largest stride), got {crop}")
     if int(config.data.max_boxes) < 1:
       raise ValueError(f"data.max_boxes must be positive, got {config.data.max_boxes}")
     build_arch(config)
