@@ -269,32 +269,34 @@ def test_export_pipeline_equals_jax(fixtures_dir, detectors, tmp_path, image_wh)
 def test_export_pipeline_onnx_equals_jax_at_several_sizes(fixtures_dir, detectors, tmp_path):
   """Detector + pose as one ONNX graph (opset 18): the command's check on the fixture photos
   resized to two picture sizes passes (same people, boxes/keypoints within 1e-2 px, scores
-  5e-3: exporting.PIPELINE_MAX_DSCORE), here run again from the written file; opset 17 is
-  refused in one line."""
+  5e-3: exporting.PIPELINE_MAX_DSCORE); the first file is run again here against JAX; opset 17
+  is refused in one line."""
   pytest.importorskip("jax2onnx")
   pytest.importorskip("onnxruntime")
   from sbpose_jax import exporting
   from sbpose_jax.commands import export
   from test_api import save_tiny
   pose = save_tiny(tmp_path / "pose_64x48")
-  est = api.PoseEstimator.load(pose)
-  det = detection.Detector.load(detectors[0])
+  photos = [_rgb(p) for p in _photos(fixtures_dir)]
   for image_wh in ((160, 120), (96, 176)):
     out = tmp_path / f"pipeline_{image_wh[0]}.onnx"
-    photos = exporting.pipeline_check_images(image_wh, [_rgb(p) for p in _photos(fixtures_dir)])
-    desc = export.export_pipeline(pose, detectors[0], "onnx", out, image_wh,
-                                  check_images=[_rgb(p) for p in _photos(fixtures_dir)])
+    desc = export.export_pipeline(pose, detectors[0], "onnx", out, image_wh, check_images=photos)
     assert desc["onnx_opset"] == 18 and desc["check"]["same_count"]
     assert sum(desc["check"]["people"]) > 0, "the calibrated detector finds people"
-    run = exporting.onnx_runner(out.read_bytes())
-    reference = jax.jit(exporting.pipeline_function(det, est, image_wh))
-    for img in photos:
-      got, want = run(img), [np.asarray(a) for a in reference(img)]
-      n = int(want[2])
-      assert int(got[2]) == n
-      for i in (0, 1, 3, 4):     # boxes, box scores, keypoints, scores (2: the count)
-        np.testing.assert_allclose(np.asarray(got[i])[:n], want[i][:n], rtol=0,
-                                   atol=1e-2 if i in (0, 3) else exporting.PIPELINE_MAX_DSCORE)
+    assert desc["check"]["max_dpx"] <= 1e-2
+    assert desc["check"]["max_dscore"] <= exporting.PIPELINE_MAX_DSCORE
+  est = api.PoseEstimator.load(pose)
+  image_wh = (160, 120)
+  run = exporting.onnx_runner((tmp_path / "pipeline_160.onnx").read_bytes())
+  reference = jax.jit(exporting.pipeline_function(detection.Detector.load(detectors[0]), est,
+                                                  image_wh))
+  for img in exporting.pipeline_check_images(image_wh, photos):
+    got, want = run(img), [np.asarray(a) for a in reference(img)]
+    n = int(want[2])
+    assert int(got[2]) == n
+    for i in (0, 1, 3, 4):     # boxes, box scores, keypoints, scores (2: the count)
+      np.testing.assert_allclose(np.asarray(got[i])[:n], want[i][:n], rtol=0,
+                                 atol=1e-2 if i in (0, 3) else exporting.PIPELINE_MAX_DSCORE)
   with pytest.raises(ValueError, match="needs opset 18 or later") as e:
     export.export_pipeline(pose, detectors[0], "onnx", tmp_path / "old.onnx", (160, 120),
                            opset=17)
