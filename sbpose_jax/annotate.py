@@ -209,12 +209,10 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
           records.append(_record(*image, r, cfg)[0])
     done = True
   except BaseException as e:
-    interrupt = interrupts.interrupt_of(e)
-    if interrupt is None:
-      raise
-    interrupt.args = (f"interrupted after {len(records)} of {len(paths)} images: their poses "
-                      f"were written to {out / PREDICTIONS} and {len(pngs)} pictures to {out}",)
-    raise interrupt from None
+    interrupts.reraise_with(e, f"interrupted after {len(records)} of {len(paths)} images: their "
+                            f"poses were written to {out / PREDICTIONS} and {len(pngs)} pictures "
+                            f"to {out}")
+    raise
   finally:
     if records or done:
       outputs.write_json(out / PREDICTIONS, {
@@ -288,12 +286,10 @@ def predict_video(est, path: pathlib.Path, cfg, out_dir, batch_size: int, kpt_th
     raise video.VideoError(f"{e} — the {len(frames)} frames before it were written to "
                            f"{out / path.stem}.mp4 and .json", e.frame) from e
   except BaseException as e:
-    interrupt = interrupts.interrupt_of(e)
-    if interrupt is None:
-      raise
-    interrupt.args = (f"interrupted at frame {len(frames)} of {path}: the {len(frames)} frames "
-                      f"done were written to {out / path.stem}.mp4 and .json",)
-    raise interrupt from None
+    interrupts.reraise_with(e, f"interrupted at frame {len(frames)} of {path}: the "
+                            f"{len(frames)} frames done were written to {out / path.stem}.mp4 "
+                            "and .json")
+    raise
   finally:     # a broken or interrupted video keeps what came before it
     writer.close()
     if frames or done:   # no frame: an earlier run's pair stays as it was

@@ -27,6 +27,15 @@ def interrupt_of(error: BaseException | None) -> KeyboardInterrupt | None:
   return None
 
 
+def reraise_with(error: BaseException, message: str) -> None:
+  """Raises the interrupt `error` is or carries, with `message` as its text (what was written
+  before it came); returns when there is none, for the caller to re-raise `error`."""
+  interrupt = interrupt_of(error)
+  if interrupt is not None:
+    interrupt.args = (message,)
+    raise interrupt from None
+
+
 @contextlib.contextmanager
 def deferred():
   """Holds SIGINT and SIGTERM for the block (main thread only; elsewhere a no-op) and delivers

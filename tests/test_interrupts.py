@@ -56,3 +56,12 @@ def test_deferred_delivers_the_interrupt_after_the_block():
       os.kill(os.getpid(), signal.SIGINT)
       done.append(True)
   assert done == [True]
+
+
+def test_reraise_with_raises_the_interrupt_with_the_message_or_returns():
+  try:
+    raise SystemError("wrapped") from cli.Terminated("terminated by signal 15")
+  except SystemError as e:
+    with pytest.raises(cli.Terminated, match="^interrupted after 3 of 9 images$"):
+      interrupts.reraise_with(e, "interrupted after 3 of 9 images")
+  assert interrupts.reraise_with(ValueError("x"), "unused") is None

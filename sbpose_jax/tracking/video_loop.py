@@ -259,15 +259,12 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
         t[k], stamp = t[k] + v - stamp, v
   except BaseException as e:
     written = _finish(outputs_, path, source, info, frames_out, indices)
-    interrupt = interrupts.interrupt_of(e)
-    if interrupt is None and not isinstance(e, video.VideoError):
+    if interrupts.interrupt_of(e) is None and not isinstance(e, video.VideoError):
       raise
     done = (f"the {len(frames_out)} frames before it were tracked and written to "
             f"{', '.join(str(p) for p in written)}" if written else
             f"no frame was tracked: nothing was written ({out} is as it was)")
-    if interrupt is not None:
-      interrupt.args = (f"interrupted at frame {len(frames_out)} of {source.path}: {done}",)
-      raise interrupt from None
+    interrupts.reraise_with(e, f"interrupted at frame {len(frames_out)} of {source.path}: {done}")
     raise type(e)(f"{e} — {done}", e.frame) from e
   written = _finish(outputs_, path, source, info, frames_out, indices)
   if source.skipped:
