@@ -141,19 +141,14 @@ def _record(path, img, r, cfg) -> tuple[dict, np.ndarray]:
           }, kp
 
 
-def write_outputs(out_dir, images, results, cfg, kpt_thr: float) -> list[pathlib.Path]:
-  """One PNG per image (each written atomically); returns their paths."""
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  pngs = []
-  for (path, img), r in zip(images, results):
-    _, kp = _record(path, img, r, cfg)
-    drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
-                                 boxes=np.asarray(r["bboxes"]).reshape(-1, 4),
-                                 scores=r["scores"], kpt_thr=kpt_thr)
-    pngs.append(outputs.write_png(out_dir / f"{path.stem}.png",
-                                  cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)))
-  return pngs
+def write_picture(out_dir, path, img, r, kp, cfg, kpt_thr: float) -> pathlib.Path:
+  """out_dir/<stem>.png: the image with `kp` ((N, K, 3), `_record`'s) and r's boxes drawn,
+  written atomically."""
+  drawn = visualize.draw_poses(_to_rgb(img, cfg.data.colour_order), kp, cfg.data.dataset,
+                               boxes=np.asarray(r["bboxes"]).reshape(-1, 4),
+                               scores=r["scores"], kpt_thr=kpt_thr)
+  return outputs.write_png(pathlib.Path(out_dir) / f"{pathlib.Path(path).stem}.png",
+                           cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
 
 PREDICTIONS = "predictions.json"
@@ -203,10 +198,11 @@ def predict_files(est, paths, boxes_for, cfg, out_dir, kpt_thr: float, use_nms: 
         continue
       results = predict_images(est, images, chunk_boxes(est, images, boxes_for), cfg,
                                use_nms)
-      for image, r in zip(images, results):
+      for (p, img), r in zip(images, results):
+        record, kp = _record(p, img, r, cfg)
         with interrupts.deferred():     # an image's PNG and its record, or neither
-          pngs += write_outputs(out, [image], [r], cfg, kpt_thr)
-          records.append(_record(*image, r, cfg)[0])
+          pngs.append(write_picture(out, p, img, r, kp, cfg, kpt_thr))
+          records.append(record)
     done = True
   except BaseException as e:
     interrupts.reraise_with(e, f"interrupted after {len(records)} of {len(paths)} images: their "

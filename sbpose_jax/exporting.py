@@ -428,9 +428,14 @@ def pipeline_to_onnx(fn, image_wh, opset: int = PIPELINE_MIN_OPSET) -> bytes:
     from jax2onnx import to_onnx as j2o  # why: optional: the export extra
   except ImportError as e:
     raise ValueError(f"ONNX export needs jax2onnx ({e}); install with: {ONNX_INSTALL}") from None
+  import jax  # why: the input's uint8 dtype, JAX's trace cache
   w, h = (int(v) for v in image_wh)
+  # No traced program shared across the conversion: jax2onnx traces under patches of Flax's
+  # layers, so a jitted function traced before would reach it as plain lax (the SPP pools as a
+  # 4-D reduce_window, which onnxruntime cannot pool), and one traced under its patches would
+  # not run afterwards (docs/ecosystem.md §7).
+  jax.clear_caches()
   try:
-    import jax  # why: the input's uint8 dtype
     model = j2o(fn, [jax.ShapeDtypeStruct((h, w, 3), np.uint8)], model_name="sbpose_jax_pipeline",
                 opset=opset, input_names=["image"], output_names=list(PIPELINE_OUTPUTS))
   except Exception as e:   # noqa: BLE001 - any converter failure is the same answer
@@ -438,6 +443,8 @@ def pipeline_to_onnx(fn, image_wh, opset: int = PIPELINE_MIN_OPSET) -> bytes:
     raise ValueError(f"jax2onnx cannot export the detector + pose pipeline ({type(e).__name__}: "
                      f"{first}); export it with --format stablehlo, or export the pose model "
                      "alone to ONNX and run the detector beside it") from None
+  finally:
+    jax.clear_caches()
   del model.graph.value_info[:]
   return model.SerializeToString()
 

@@ -448,8 +448,12 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def _slow_train(root, work, steps, *extra):
-  return [sys.executable, "-c", SLOW_TRAIN] + _command(root, work, steps, *extra)[3:]
+def _start_slow_train(root, work, slow: dict, *extra):
+  """The training command slowed by SLOW_TRAIN (400 steps), started with `slow` (TEST_SLOW_*)
+  in its env."""
+  command = [sys.executable, "-c", SLOW_TRAIN] + _command(root, work, 400, *extra)[3:]
+  return subprocess.Popen(command, env=dict(_env(), **slow), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
 def _complete_steps(work):
@@ -471,9 +475,8 @@ def test_sigterm_during_a_checkpoint_write_checkpoints_the_step_and_exits_75(dat
   """SIGTERM while step 2's checkpoint is being written: that write completes, the step the run
   stops at gets its own checkpoint, one line names it, exit 75; the same command resumes there."""
   work = tmp_path / "run"
-  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.data.num_workers=1"),
-                          env=dict(_env(), TEST_SLOW_WRITE="2"), cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = _start_slow_train(data_root, work, {"TEST_SLOW_WRITE": "2"},
+                           "--config.data.num_workers=1")
   _signal_on(proc, proc.pid, lambda line: line.startswith("writing checkpoint 2"))
   rest = proc.communicate(timeout=300)[0]
   assert proc.returncode == 75, rest
@@ -495,9 +498,8 @@ def test_sigterm_during_a_checkpoint_write_checkpoints_the_step_and_exits_75(dat
 
 def test_sigterm_during_evaluation_lets_it_finish_and_checkpoints_its_step(data_root, tmp_path):
   work = tmp_path / "run"
-  proc = subprocess.Popen(_slow_train(data_root, work, 400, "--config.evals.val.every_steps=4"),
-                          env=dict(_env(), TEST_SLOW_EVAL="2"), cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = _start_slow_train(data_root, work, {"TEST_SLOW_EVAL": "2"},
+                           "--config.evals.val.every_steps=4")
   _signal_on(proc, proc.pid, lambda line: line.startswith("evaluating"))
   rest = proc.communicate(timeout=300)[0]
   assert proc.returncode == 75, rest
@@ -517,10 +519,8 @@ def test_second_sigterm_or_the_grace_period_falls_back_to_the_last_checkpoint(
   work = tmp_path / "run"
   extra = ["--config.checkpoint_every_steps=4"] + (
       ["--config.preemption_grace_s=1"] if how == "grace_period" else [])
-  proc = subprocess.Popen(_slow_train(data_root, work, 400, *extra),
-                          env=dict(_env(), TEST_SLOW_WRITE="4", TEST_SLOW_WRITE_AFTER="4"),
-                          cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = _start_slow_train(data_root, work,
+                           {"TEST_SLOW_WRITE": "4", "TEST_SLOW_WRITE_AFTER": "4"}, *extra)
   # From step 6 on, once step 4's (fast) checkpoint is complete on disk: on a loaded machine
   # its asynchronous write can still be running when step 6 is logged.
   lines = _signal_on(proc, proc.pid, lambda line: line.startswith("step ") and int(

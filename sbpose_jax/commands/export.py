@@ -153,15 +153,9 @@ def export_pipeline(checkpoint, detector, fmt: str, out, image_wh: Sequence[int]
   log(f"exporting detector + pose ({det.meta.describe()}; {est.dataset} pose at "
       f"{est.input_wh[0]}x{est.input_wh[1]}) for {w}x{h} pictures as {fmt}")
   images = exporting.pipeline_check_images((w, h), check_images)
-  # JAX's answers first, and no traced program shared across the conversion: jax2onnx traces
-  # under patches of Flax's layers, so a jitted function traced before would reach it as plain
-  # lax (a 4-D reduce_window onnxruntime cannot pool), and one traced under its patches would
-  # not run afterwards.
-  expected = [jax.device_get(reference(img)) for img in images]
-  jax.clear_caches()
+  expected = [jax.device_get(reference(img)) for img in images]   # before any converter runs
   data = (exporting.pipeline_to_stablehlo(fn, (w, h), platforms) if fmt == "stablehlo"
           else exporting.pipeline_to_onnx(fn, (w, h), opset))
-  jax.clear_caches()
   check = exporting.compare_pipeline(exporting.runner(fmt, data, f"the new {fmt} export"),
                                      expected, images)
   if not (check["same_count"] and check["max_dpx"] <= exporting.PIPELINE_MAX_DPX

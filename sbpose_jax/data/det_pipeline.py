@@ -212,8 +212,8 @@ class Augment(grain.transforms.RandomMap):
   def __init__(self, size: int, max_boxes: int, ratio_range=(0.5, 1.5), flip_prob=0.5,
                hsv=(5, 30, 30), min_box_size=1.0, crop_size=None):
     self.size, self.max_boxes = int(size), int(max_boxes)
-    # the (width, height) of the crop and of the padded output; S x S by default
-    self.crop = (self.size, self.size) if not crop_size or not all(crop_size) else (
+    # the (width, height) of the crop and of the padded output (`crop_wh`); S x S by default
+    self.crop = (self.size, self.size) if crop_size is None else (
         int(crop_size[0]), int(crop_size[1]))
     self.ratio_range = tuple(float(r) for r in ratio_range)
     self.flip_prob, self.hsv, self.min_box_size = float(flip_prob), tuple(hsv), min_box_size

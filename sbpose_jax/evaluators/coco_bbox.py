@@ -82,12 +82,12 @@ def person_category(gt, category_id: int | None = None) -> int:
 
 
 def box_stats(gt, results, category_id: int) -> dict[str, float]:
-  """COCOeval(iouType "bbox") of COCO detection `results` on `gt`'s `category_id` boxes (crowd
-  boxes ignored as COCOeval does): BOX_STATS. No detection: 0 (-1 where there is no GT)."""
+  """COCOeval(iouType "bbox") of COCO detection `results` (theirs under `category_id`) on
+  `gt`'s `category_id` boxes (crowd boxes ignored as COCOeval does): BOX_STATS. No detection: 0
+  (-1 where there is no GT)."""
   # why: pycocotools only where a detector is scored
   from pycocotools.cocoeval import COCOeval
   image_ids = sorted(gt.getImgIds())
-  results = [dict(r, category_id=category_id) for r in results]
   if not results:
     has_gt = bool(gt.getAnnIds(imgIds=image_ids, catIds=[category_id], iscrowd=False))
     return {k: (0.0 if has_gt else -1.0) for k in BOX_STATS}
