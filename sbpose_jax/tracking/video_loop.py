@@ -164,9 +164,12 @@ class _Outputs:
     drawn = draw.draw_tracks(fr.image, people, self.skeleton, self.kpt_thr)
     # The PNG first: a frame the video holds then always has its PNG (an interruption between
     # the two leaves an extra PNG, which `_finish` removes).
-    if self.png_dir is not None:
-      outputs.write_png(self.png_dir / f"{pathlib.Path(fr.name).stem}.png", drawn)
-    self.writer.write(drawn)
+    # Signals held: an interrupt inside the encoder's write could leave a frame in the mp4 that
+    # the writer's count (and so the json, trimmed to it) lacks.
+    with interrupts.deferred():
+      if self.png_dir is not None:
+        outputs.write_png(self.png_dir / f"{pathlib.Path(fr.name).stem}.png", drawn)
+      self.writer.write(drawn)
     self.count += 1
     if self.bar is not None:
       self.bar.update(1)
