@@ -12,7 +12,9 @@
    (`--boxes`), and with the detector itself (`--detector D --det-every N`: the detector on every
    N-th frame, the tracker's flow-propagated boxes between), for each similarity;
 4. `python -m sbpose_jax.evaluate --track` over the clips: poseval's AP (per joint group, total)
-   and MOTA, MOTP, precision, recall and ID switches.
+   of every joint, and MOTA, MOTP, precision, recall and ID switches of the joints the tracker
+   writes (confidence >= the config's `track.write_kpt_thr`, or `--kpt-thr`; poseval counts
+   every joint written in MOTA, and AP prefers them all), and of every joint.
 
 Writes OUT/chain.json (every row) and prints a Markdown table.
 """
@@ -26,12 +28,14 @@ import time
 
 import cv2
 
+from sbpose_jax.commands import config as config_lib
 from sbpose_jax.commands import evaluate as evaluate_cmd
 from sbpose_jax.commands import track as track_cmd
 from sbpose_jax.data import synthetic_video
 from sbpose_jax.evaluators import coco_bbox
 from sbpose_jax.evaluators import posetrack_mota
 from sbpose_jax.models import rtmdet
+from sbpose_jax.tracking import results
 from sbpose_jax.training import det_task
 from sbpose_jax.weights import rtmdet_conversion
 
@@ -100,9 +104,13 @@ def clip_box_ap(clips: pathlib.Path, box_files: dict[str, pathlib.Path], out: pa
 
 
 def track_and_score(clips: pathlib.Path, pose: str, config: str, box_args,
-                    similarity: str, out: pathlib.Path, overrides=()) -> dict[str, float]:
+                    similarity: str, out: pathlib.Path, overrides=(),
+                    kpt_thr: float = 0.0) -> dict[str, float]:
   """track every clip with these boxes (`box_args(clip json)`: track's arguments) and this
-  similarity, then evaluate --track."""
+  similarity, writing every joint, then evaluate --track: poseval's AP of every joint, and its
+  tracking metrics (MOTA, MOTP, precision, recall, ID switches) of the joints of confidence
+  >= `kpt_thr` (results.drop_joints: what `track` writes with `track.write_kpt_thr`). The
+  row's `all/...` entries are the tracking metrics of every joint."""
   res = out / "results"
   res.mkdir(parents=True, exist_ok=True)
   t = time.perf_counter()
@@ -110,18 +118,36 @@ def track_and_score(clips: pathlib.Path, pose: str, config: str, box_args,
   for gt_file in clip_files(clips):
     path, _ = track_cmd.main([str(gt_file), "--config", config, "--checkpoint", pose,
                               "--out-dir", str(res), *box_args(gt_file),
-                              "--similarity", similarity, "--quiet", *overrides])
+                              "--similarity", similarity, "--quiet", *overrides,
+                              "--config.track.write_kpt_thr=0"])
     frames += len(json.loads(gt_file.read_text())["images"])
     target = res / gt_file.name
     if pathlib.Path(path) != target:
       pathlib.Path(path).rename(target)
   seconds = time.perf_counter() - t
-  m = evaluate_cmd.main(["--config", "posetrack18_res50", "--results", str(res), "--track",
-                         "--out-dir", str(out / "eval"), f"--config.data.root={clips}"])
-  row = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+  every = evaluate(clips, res, out / "eval")
+  row = {k: v for k, v in every.items() if not k.startswith("track/")}
+  row.update({f"all/{k}": v for k, v in every.items() if k.startswith("track/")})
+  row["all/id_switches"] = id_switches(clips, res)
+  confident = res
+  if kpt_thr > 0:
+    confident = out / f"results_joints{kpt_thr:g}"
+    confident.mkdir(exist_ok=True)
+    for f in res.glob("*.json"):
+      (confident / f.name).write_text(json.dumps(
+          results.drop_joints(json.loads(f.read_text()), kpt_thr)))
+    every = evaluate(clips, confident, out / f"eval_joints{kpt_thr:g}")
+  row.update({k: v for k, v in every.items() if k.startswith("track/")})
+  row["id_switches"] = id_switches(clips, confident)
+  row["kpt_thr"] = kpt_thr
   row["frames_per_s"] = frames / seconds
-  row["id_switches"] = id_switches(clips, res)
   return row
+
+
+def evaluate(clips: pathlib.Path, results_dir: pathlib.Path, out: pathlib.Path) -> dict:
+  m = evaluate_cmd.main(["--config", "posetrack18_res50", "--results", str(results_dir),
+                         "--track", "--out-dir", str(out), f"--config.data.root={clips}"])
+  return {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
 
 
 def id_switches(clips: pathlib.Path, results: pathlib.Path) -> int:
@@ -139,8 +165,11 @@ def id_switches(clips: pathlib.Path, results: pathlib.Path) -> int:
 def run_chain(detector: str, pose: str, config: str, out, *, num_clips: int = 3,
               num_frames: int = 100, num_people: int = 4, seed: int = 1,
               frame_size=(320, 240), det_every=(1, 5), similarities=SIMILARITIES,
-              overrides=()) -> dict:
+              overrides=(), kpt_thr: float | None = None) -> dict:
+  """`kpt_thr` None: the config's `track.write_kpt_thr`."""
   out = pathlib.Path(out)
+  if kpt_thr is None:
+    kpt_thr = float(config_lib.load(config, list(overrides)).track.write_kpt_thr)
   clips = synthetic_video.ensure(out / "clips", "clips", num_clips={"val": num_clips}, seed=seed,
                                  frame_size=tuple(frame_size), num_frames=num_frames,
                                  num_people=num_people, keypoint_format="posetrack18")
@@ -153,23 +182,29 @@ def run_chain(detector: str, pose: str, config: str, out, *, num_clips: int = 3,
   for name, box_args in sources:
     for sim in similarities:
       tag = f"{name.replace(' ', '')}_{sim}"
-      row = track_and_score(clips, pose, config, box_args, sim, out / tag, overrides)
+      row = track_and_score(clips, pose, config, box_args, sim, out / tag, overrides, kpt_thr)
       report["rows"].append({"boxes": name, "similarity": sim, **row})
       print(f"{name:>12} {sim:>5}: AP {row.get('Total', float('nan')):.1f} MOTA "
             f"{row.get('track/MOTA', float('nan')):.1f} MOTP {row.get('track/MOTP', 0):.1f} "
-            f"IDsw {row['id_switches']}", flush=True)
+            f"IDsw {row['id_switches']} (every joint: MOTA "
+            f"{row.get('all/track/MOTA', float('nan')):.1f})", flush=True)
   (out / "chain.json").write_text(json.dumps(report, indent=1))
   return report
 
 
 def markdown(report: dict) -> str:
-  lines = ["| boxes | similarity | pose AP (poseval) | MOTA | MOTP | Prec | Rec | ID switches |",
-           "|---|---|---|---|---|---|---|---|"]
+  thr = report["rows"][0].get("kpt_thr", 0.0) if report["rows"] else 0.0
+  lines = ["| boxes | similarity | pose AP (poseval) | MOTA | MOTP | Prec | Rec | ID switches "
+           "| MOTA, every joint |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in report["rows"]:
     lines.append(f"| {r['boxes']} | {r['similarity']} | {r.get('Total', float('nan')):.1f} | "
                  f"{r.get('track/MOTA', float('nan')):.1f} | {r.get('track/MOTP', 0):.1f} | "
                  f"{r.get('track/Prec', 0):.1f} | {r.get('track/Rec', 0):.1f} | "
-                 f"{r['id_switches']} |")
+                 f"{r['id_switches']} | {r.get('all/track/MOTA', float('nan')):.1f} |")
+  if thr > 0:
+    lines.append(f"\nMOTA to ID switches: the joints scored >= {thr:g}; AP and the last "
+                 f"column: every joint.")
   return "\n".join(lines)
 
 
@@ -184,10 +219,13 @@ def main(argv=None) -> int:
   p.add_argument("--people", type=int, default=4)
   p.add_argument("--det-every", type=int, nargs="+", default=[1, 5])
   p.add_argument("--similarity", nargs="+", default=list(SIMILARITIES))
+  p.add_argument("--kpt-thr", type=float, default=None,
+                 help="tracking metrics of the joints of confidence >= this (default: the "
+                      "config's track.write_kpt_thr); AP: every joint")
   a = p.parse_args(argv)
   report = run_chain(a.detector, a.pose, a.config, a.out, num_clips=a.clips,
                      num_frames=a.frames, num_people=a.people, det_every=tuple(a.det_every),
-                     similarities=tuple(a.similarity))
+                     similarities=tuple(a.similarity), kpt_thr=a.kpt_thr)
   print(f"box AP on the clip frames: {report['box_ap_clips']['AP']:.3f}")
   print(markdown(report))
   return 0

@@ -155,7 +155,8 @@ def test_train_resume_and_saved_detector(tmp_path):
   the parameters of an uninterrupted run; model_last is a detector with the EMA weights that
   the detector loader reads; the evaluation wrote COCO detection results."""
   cfg = tiny_config(tmp_path, "--config.checkpoint_every_steps=2", "--config.max_steps=4")
-  full = loop.train_and_evaluate(cfg, tmp_path / "full", progress=False)
+  full, state = loop.train_and_evaluate(cfg, tmp_path / "full", progress=False,
+                                        return_state=True)
   assert set(full["val"]) >= {"AP", "AP50", "AR100"}
   stopped = tiny_config(tmp_path, "--config.checkpoint_every_steps=2", "--config.max_steps=2")
   loop.train_and_evaluate(stopped, tmp_path / "resumed", progress=False)
@@ -181,7 +182,6 @@ def test_train_resume_and_saved_detector(tmp_path):
     np.testing.assert_allclose(f.scores, scores, atol=1e-5)
     np.testing.assert_allclose(f.boxes, boxes, atol=1e-3)
   # the saved weights are the EMA's, not the live parameters
-  _, state = loop.train_and_evaluate(cfg, tmp_path / "full", progress=False, return_state=True)
   live = jax.device_get(state.params)
   ema = det_task.ema_variables(state)["params"]
   jax.tree.map(np.testing.assert_array_equal, a["params"], jax.device_get(ema))

@@ -164,6 +164,46 @@ def test_detector_boxes_kept_propagated_duplicates_dropped():
   assert boxes[2, 0] > 300
 
 
+def test_a_drifted_propagated_box_repeating_a_detected_pose_goes():
+  # The track's box drifted (flow on a loose box): its propagated box overlaps the person's
+  # new detection below nms_iou, so both reach the pose model, which finds the same person in
+  # both. Without the rule the drifted pose would survive as a second track (a ghost).
+  t = tracker.Tracker(tracker.TrackSettings(similarity="oks"), SIGMAS, flow_fn=ConstantFlow(0.0))
+  frame = np.zeros((300, 600, 3), np.uint8)
+  t.propose(frame, np.zeros((0, 4)))
+  t.update(pose(30, 50)[None], np.array([[20, 40, 90, 140]]), [0.8])
+  det = np.array([[0, 20, 110, 160]], np.float32)   # loose: IoU 0.27 with the propagated box
+  boxes, scores = t.propose(frame, det, np.array([0.9]))
+  assert len(boxes) == 2
+  assert scores[1] == pytest.approx(0.8)     # the detector score the track came from
+  same = np.stack([pose(30, 50), pose(36, 54, score=0.95)])   # OKS 0.6-0.83 < pose_nms_oks
+  res = t.update(same, boxes, scores)
+  assert [r["track_id"] for r in res] == [0]
+  np.testing.assert_allclose(res[0]["keypoints"], same[0])    # the detected box's pose
+  # Two detected boxes with the same poses are both kept (people who cross), and a propagated
+  # box whose pose is somebody else stays.
+  t2 = tracker.Tracker(tracker.TrackSettings(similarity="oks", propagated_oks=1.0), SIGMAS,
+                       flow_fn=ConstantFlow(0.0))
+  t2.propose(frame, np.zeros((0, 4)))
+  t2.update(pose(30, 50)[None], np.array([[20, 40, 90, 140]]), [0.8])
+  boxes, scores = t2.propose(frame, det, np.array([0.9]))
+  assert len(t2.update(same, boxes, scores)) == 2           # the rule off: the ghost lives
+
+
+def test_propagated_scores_do_not_decay_while_the_detector_is_away():
+  t = tracker.Tracker(tracker.TrackSettings(similarity="flow"), SIGMAS,
+                      flow_fn=ConstantFlow(2.0))
+  frame = np.zeros((300, 600, 3), np.uint8)
+  t.propose(frame, np.array([[40, 40, 110, 140]], np.float32), np.array([0.9]))
+  t.update(pose(50, 50, score=0.5)[None], np.array([[40, 40, 110, 140]]), [0.9])
+  for i in range(1, 6):                                      # detector frames only every 6th
+    boxes, scores = t.propose(frame, np.zeros((0, 4)))
+    np.testing.assert_allclose(scores, [0.9])
+    res = t.update(pose(50 + 2 * i, 50, score=0.5)[None], boxes, scores)
+    assert [r["track_id"] for r in res] == [0]
+    assert res[0]["score"] == pytest.approx(0.45)
+
+
 def test_tracker_smoothing_steadies_a_jittering_pose():
   rng = np.random.default_rng(0)
   out = {}
@@ -179,3 +219,39 @@ def test_tracker_smoothing_steadies_a_jittering_pose():
       xs.append(res[0]["keypoints"][0, 0])
     out[smooth] = np.std(xs[10:])
   assert out[True] < 0.6 * out[False]
+
+
+def test_drop_joints_writes_low_score_joints_absent_as_poseval_reads_them():
+  from sbpose_jax.tracking import results
+  k = pose(10, 10)
+  k[:5, 2] = 0.2
+  low = pose(50, 50, score=0.1)
+  res = {"images": [{"id": 1}], "annotations": [
+      {"image_id": 1, "track_id": 0, "keypoints": k.reshape(-1).tolist(),
+       "scores": (k[:, 2] * 0.5).tolist()},      # rescored: the threshold reads keypoints
+      {"image_id": 1, "track_id": 1, "keypoints": low.reshape(-1).tolist(),
+       "scores": low[:, 2].tolist()}]}
+  assert results.drop_joints(res, 0.0) is res
+  out = results.drop_joints(res, 0.3)
+  assert [a["track_id"] for a in out["annotations"]] == [0]     # no joint left: dropped
+  kept = np.asarray(out["annotations"][0]["keypoints"]).reshape(-1, 3)
+  np.testing.assert_array_equal(kept[:5], 0)                      # x = y = score = 0
+  np.testing.assert_allclose(kept[5:], k[5:])
+  np.testing.assert_allclose(out["annotations"][0]["scores"], [0] * 5 + [0.45] * 12)
+  assert len(res["annotations"]) == 2                             # the input is left as it was
+
+
+def test_results_rank_joints_by_their_persons_score():
+  import types
+  from sbpose_jax.tracking import results
+  source = types.SimpleNamespace(images_meta=None, files=None)
+  info = keypoints.get("posetrack18")
+  k = pose(10, 10, score=0.8)
+  k[0, 2] = 0.2
+  out = results.results_json(source, info, [[dict(track_id=3, keypoints=k, box=np.zeros(4),
+                                                  score=0.5)]], write_kpt_thr=0.3)
+  a = out["annotations"][0]
+  v = np.asarray(a["keypoints"]).reshape(-1, 3)
+  np.testing.assert_allclose(v[1:, 2], 0.8, rtol=1e-6)         # confidences as predicted
+  np.testing.assert_allclose(a["scores"], [0] + [0.4] * (K - 1), rtol=1e-6)  # x person score
+  np.testing.assert_array_equal(v[0], 0)                        # below write_kpt_thr: absent

@@ -130,12 +130,16 @@ def get_config():
       box_enlarge=0.15,          # growth of those boxes (the paper: 15%)
       nms_iou=0.5,               # a propagated box overlapping a detector box more is dropped
       pose_nms_oks=0.9,          # duplicate poses above this OKS are dropped
+      propagated_oks=0.1,        # a flow-propagated box's pose near a detected one's goes
       det_score_thr=0.4,         # detector boxes below this score are ignored
       flow_preset="fast",        # cv2.DISOpticalFlow preset: ultrafast | fast | medium
       flow_max_side=640,         # flow at most at this size (longer side, pixels)
       smoothing=False,           # One-Euro filter on the joints
       one_euro_min_cutoff=1.0,
       one_euro_beta=0.007,
+      # Joints scored below this are written absent in the results json (poseval's MOTA counts
+      # every joint written; AP only ranks them): 0 writes every joint.
+      write_kpt_thr=0.0,
   ))
 
   c.eval_at_start = False        # also evaluate before the first step (e.g. an init's score)

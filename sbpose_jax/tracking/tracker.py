@@ -4,9 +4,15 @@ Per frame, in two calls around the pose model:
 1. `propose(frame, det_boxes, det_scores)`: optical flow previous → current frame moves every
    live track's joints; boxes around the moved joints of the tracks seen in the previous frame,
    enlarged by 15%, join the detector's boxes, unified by box NMS (a propagated box that
-   repeats a detector box goes). With no detector at all and nothing to propagate, the whole
-   frame is one box.
-2. `update(kpts, boxes, box_scores)`: duplicate poses removed (OKS-NMS), similarity to the
+   repeats a detector box goes). A propagated box carries the score of the detector box its
+   track last came from, so a person the detector misses for a few frames keeps their score.
+   With no detector at all and nothing to propagate, the whole frame is one box.
+2. `update(kpts, boxes, box_scores)`: duplicate poses removed (OKS-NMS; a propagated box's pose
+   also goes when its OKS with a detected box's pose exceeds `propagated_oks`, 0.1: a box
+   that drifted from its person overlaps the person's new detection too little for the box
+   NMS, but its pose finds the same person, or half of two who cross, and would live on as a
+   ghost track; propagation is for the people the detector missed, far from its poses),
+   similarity to the
    tracks of the last `queue_len` frames (iou / oks against their last pose, or flow: OKS
    against their last pose moved by flow), greedy matching above `match_thr`; an unmatched pose
    starts a new track only with >= `min_keypoints` joints above `kpt_thr`, else gets id -1.
@@ -33,6 +39,7 @@ class TrackSettings:
   box_enlarge: float = 0.15      # growth of the box around propagated joints
   nms_iou: float = 0.5           # a propagated box overlapping a detector box more goes
   pose_nms_oks: float = 0.9      # duplicate poses (OKS above this) dropped
+  propagated_oks: float = 0.1    # a propagated box's pose near a detected one's goes
   det_score_thr: float = 0.4     # detector boxes below this score are not used
   flow_preset: str = "fast"      # cv2 DIS preset: ultrafast | fast | medium
   flow_max_side: int = 640       # flow computed at most at this size (longer side)
@@ -51,9 +58,10 @@ class TrackSettings:
 class Track:
   kpts: np.ndarray               # (K, 3) last pose
   box: np.ndarray                # (4,) last box
-  score: float
+  score: float                   # last pose score (box score x mean joint score)
   moved: np.ndarray              # (K, 3) last pose moved by flow to the current frame
   age: int = 0                   # frames since last seen
+  box_score: float = 1.0         # score of the detector box the track last came from
 
 
 class Tracker:
@@ -74,6 +82,9 @@ class Tracker:
     self.tracks: dict[int, Track] = {}
     self.next_id = 0
     self.prev_frame = None
+    # The last proposal: its first `n` boxes are the detector's, the rest propagated from the
+    # tracks `propagated_from` (ids); `update` reads it when given the same boxes.
+    self._proposal = (0, np.zeros(0, int))
 
   def propose(self, frame: np.ndarray, det_boxes=None, det_scores=None, flow=None):
     """Boxes for this frame: (M, 4) x1 y1 x2 y2 float32 and (M,) scores.
@@ -97,17 +108,22 @@ class Tracker:
       ok = ds >= self.s.det_score_thr
       db, ds = db[ok], ds[ok]
     pb, ps = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    live = [t for t in self.tracks.values() if t.age == 0] if self.s.propagate else []
+    ids = [i for i, t in self.tracks.items() if t.age == 0] if self.s.propagate else []
+    live = [self.tracks[i] for i in ids]
+    pid = np.zeros(0, int)
     if live:
       pb, keep = flow_lib.boxes_around(np.stack([t.moved for t in live]), self.s.kpt_thr,
                                        self.s.box_enlarge, self.s.min_keypoints)
-      ps = np.asarray([live[i].score for i in keep], np.float32)
+      ps = np.asarray([live[i].box_score for i in keep], np.float32)
+      pid = np.asarray([ids[i] for i in keep], int)
       # Joints can be predicted outside the frame; a box beyond it would only grow each frame.
       pb = np.clip(pb, 0, [w, h, w, h]).astype(np.float32)
       ok = (pb[:, 2] - pb[:, 0] >= 2) & (pb[:, 3] - pb[:, 1] >= 2)
-      pb, ps = pb[ok], ps[ok]
+      pb, ps, pid = pb[ok], ps[ok], pid[ok]
+    self._proposal = (len(db), np.zeros(0, int))
     if len(db) == 0 and len(pb) == 0:
       if det_boxes is None:
+        self._proposal = (1, np.zeros(0, int))
         return np.asarray([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
       return db, ds
     # NMS with the detector's boxes first: they are kept as the detector gave them (it ran its
@@ -116,7 +132,8 @@ class Tracker:
     # that still come out twice are removed by the OKS-NMS in `update`.
     if len(db) and len(pb):
       ok = matching.box_iou(pb, db).max(axis=1) <= self.s.nms_iou
-      pb, ps = pb[ok], ps[ok]
+      pb, ps, pid = pb[ok], ps[ok], pid[ok]
+    self._proposal = (len(db), pid)
     return np.concatenate([db, pb]), np.concatenate([ds, ps])
 
   def _pose_scores(self, kpts: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
@@ -132,9 +149,14 @@ class Tracker:
     """
     kpts = np.asarray(kpts, np.float32).reshape(len(boxes), len(self.sigmas), 3)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    scores = self._pose_scores(kpts, np.asarray(box_scores, np.float32))
-    keep = self._pose_nms(kpts, boxes, scores)
-    kpts, boxes, scores = kpts[keep], boxes[keep], scores[keep]
+    box_scores = np.asarray(box_scores, np.float32).reshape(-1)
+    n_det, from_tracks = self._proposal
+    if n_det + len(from_tracks) != len(boxes):   # boxes not from `propose`: all detections
+      n_det, from_tracks = len(boxes), np.zeros(0, int)
+    self._proposal = (0, np.zeros(0, int))
+    scores = self._pose_scores(kpts, box_scores)
+    keep = self._pose_nms(kpts, boxes, scores, n_det)
+    kpts, boxes, scores, box_scores = kpts[keep], boxes[keep], scores[keep], box_scores[keep]
     ids = np.full(len(kpts), -1, int)
     tids = list(self.tracks)
     if tids and len(kpts):
@@ -156,7 +178,7 @@ class Tracker:
     out = []
     for n in np.nonzero(ids >= 0)[0]:
       self.tracks[int(ids[n])] = Track(kpts[n].copy(), boxes[n].copy(), float(scores[n]),
-                                       kpts[n].copy(), 0)
+                                       kpts[n].copy(), box_score=float(box_scores[n]))
       out.append(dict(track_id=int(ids[n]), keypoints=kpts[n], box=boxes[n],
                       score=float(scores[n])))
     self.tracks = {i: t for i, t in self.tracks.items() if t.age < self.s.queue_len}
@@ -164,8 +186,10 @@ class Tracker:
       self.smoother.forget(self.tracks)
     return out
 
-  def _pose_nms(self, kpts, boxes, scores) -> np.ndarray:
-    """Indices kept after greedy OKS-NMS among this frame's poses, in score order."""
+  def _pose_nms(self, kpts, boxes, scores, n_det: int) -> np.ndarray:
+    """Indices kept after greedy OKS-NMS among this frame's poses, in score order; the poses
+    from index `n_det` on (propagated boxes) go also when a kept detected pose repeats them
+    above `propagated_oks`, whatever the scores."""
     if len(kpts) < 2:
       return np.arange(len(kpts))
     areas = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
@@ -174,4 +198,7 @@ class Tracker:
     for i in order:
       if all(sim[i, j] <= self.s.pose_nms_oks for j in keep):
         keep.append(int(i))
-    return np.asarray(keep, int)
+    detected = [j for j in keep if j < n_det]
+    keep = [i for i in keep if i < n_det
+            or all(max(sim[i, j], sim[j, i]) <= self.s.propagated_oks for j in detected)]
+    return np.asarray(sorted(keep, key=lambda i: -scores[i]), int)

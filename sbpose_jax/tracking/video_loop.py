@@ -225,6 +225,7 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
   settings = tracker.TrackSettings.from_config(cfg.track)
   settings = tracker.TrackSettings(**{**settings.__dict__, "fps": source.fps})
   trk = tracker.Tracker(settings, info.sigmas_array)
+  write_kpt_thr = float(cfg.track.get("write_kpt_thr", 0.0))
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   outputs_ = _Outputs(out, source, info.skeleton,
@@ -261,7 +262,7 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
       for k, v in lap.items():
         t[k], stamp = t[k] + v - stamp, v
   except BaseException as e:
-    written = _finish(outputs_, path, source, info, frames_out, indices)
+    written = _finish(outputs_, path, source, info, frames_out, indices, write_kpt_thr)
     if interrupts.interrupt_of(e) is None and not isinstance(e, video.VideoError):
       raise
     done = (f"the {len(frames_out)} frames before it were tracked and written to "
@@ -269,7 +270,7 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
             f"no frame was tracked: nothing was written ({out} is as it was)")
     interrupts.reraise_with(e, f"interrupted at frame {len(frames_out)} of {source.path}: {done}")
     raise type(e)(f"{e} — {done}", e.frame) from e
-  written = _finish(outputs_, path, source, info, frames_out, indices)
+  written = _finish(outputs_, path, source, info, frames_out, indices, write_kpt_thr)
   if source.skipped:
     log.warning("%s: skipped %d undecodable frames (%s%s)", source.path, len(source.skipped),
                 ", ".join(source.skipped[:3]), ", ..." if len(source.skipped) > 3 else "")
@@ -277,7 +278,8 @@ def track_video(cfg, pose_model, source, out_dir, boxes=None, write_frames=False
                     seconds=time.perf_counter() - start, **t)
 
 
-def _finish(outputs_, path, source, info, frames_out, indices) -> list[pathlib.Path]:
+def _finish(outputs_, path, source, info, frames_out, indices, write_kpt_thr: float = 0.0
+            ) -> list[pathlib.Path]:
   """Closes the video and PNGs and writes the json of the frames tracked (each atomically).
 
   Nothing tracked (stopped before the first frame): nothing is replaced, the out-dir keeps an
@@ -296,5 +298,6 @@ def _finish(outputs_, path, source, info, frames_out, indices) -> list[pathlib.P
     outputs_.abandon()
     return []
   written = outputs_.close()
-  outputs.write_json(path, results.results_json(source, info, frames_out, indices))
+  outputs.write_json(path, results.results_json(source, info, frames_out, indices,
+                                                 write_kpt_thr))
   return [path] + written
