@@ -19,7 +19,8 @@ POSE = ("--config.model.width=8", "--config.model.deconv_filters=(8, 8, 8)",
         "--config.data.num_workers=0", "--config.batch_size_per_device=2",
         "--config.test.batch_size=4")
 DET = ("--config.model.size=custom", "--config.model.widen_factor=0.125",
-       "--config.data.input_size=64", "--config.batch_size_per_device=2",
+       "--config.data.input_size=64", "--config.data.crop_size=(0, 0)",
+       "--config.batch_size_per_device=2",
        "--config.data.num_workers=0", "--config.test.batch_size=4",
        "--config.evals.val.every_epochs=0")
 

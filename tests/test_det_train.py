@@ -22,7 +22,8 @@ from sbpose_jax.weights import rtmdet_conversion
 from sbpose_jax.weights import saved_model
 
 TINY = ("--config.model.size=custom", "--config.model.widen_factor=0.125",
-        "--config.data.input_size=64", "--config.batch_size_per_device=2",
+        "--config.data.input_size=64", "--config.data.crop_size=(0, 0)",
+        "--config.batch_size_per_device=2",
         "--config.data.num_workers=0", "--config.test.batch_size=4",
         "--config.evals.val.every_epochs=0", "--config.optim.warmup_steps=2")
 
