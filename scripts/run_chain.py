@@ -129,7 +129,7 @@ def track_and_score(clips: pathlib.Path, pose: str, config: str, box_args,
   row = {k: v for k, v in every.items() if not k.startswith("track/")}
   row.update({f"all/{k}": v for k, v in every.items() if k.startswith("track/")})
   row["all/id_switches"] = id_switches(clips, res)
-  confident = res
+  row["id_switches"] = row["all/id_switches"]
   if kpt_thr > 0:
     confident = out / f"results_joints{kpt_thr:g}"
     confident.mkdir(exist_ok=True)
@@ -137,8 +137,8 @@ def track_and_score(clips: pathlib.Path, pose: str, config: str, box_args,
       (confident / f.name).write_text(json.dumps(
           results.drop_joints(json.loads(f.read_text()), kpt_thr)))
     every = evaluate(clips, confident, out / f"eval_joints{kpt_thr:g}")
+    row["id_switches"] = id_switches(clips, confident)
   row.update({k: v for k, v in every.items() if k.startswith("track/")})
-  row["id_switches"] = id_switches(clips, confident)
   row["kpt_thr"] = kpt_thr
   row["frames_per_s"] = frames / seconds
   return row

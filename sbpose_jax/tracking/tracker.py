@@ -82,9 +82,9 @@ class Tracker:
     self.tracks: dict[int, Track] = {}
     self.next_id = 0
     self.prev_frame = None
-    # The last proposal: its first `n` boxes are the detector's, the rest propagated from the
-    # tracks `propagated_from` (ids); `update` reads it when given the same boxes.
-    self._proposal = (0, np.zeros(0, int))
+    # The last proposal (boxes, of which detected): its first boxes are the detector's, the rest
+    # propagated; `update` reads it when given as many boxes.
+    self._proposal = (0, 0)
 
   def propose(self, frame: np.ndarray, det_boxes=None, det_scores=None, flow=None):
     """Boxes for this frame: (M, 4) x1 y1 x2 y2 float32 and (M,) scores.
@@ -108,23 +108,20 @@ class Tracker:
       ok = ds >= self.s.det_score_thr
       db, ds = db[ok], ds[ok]
     pb, ps = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    ids = [i for i, t in self.tracks.items() if t.age == 0] if self.s.propagate else []
-    live = [self.tracks[i] for i in ids]
-    pid = np.zeros(0, int)
+    live = [t for t in self.tracks.values() if t.age == 0] if self.s.propagate else []
     if live:
       pb, keep = flow_lib.boxes_around(np.stack([t.moved for t in live]), self.s.kpt_thr,
                                        self.s.box_enlarge, self.s.min_keypoints)
       ps = np.asarray([live[i].box_score for i in keep], np.float32)
-      pid = np.asarray([ids[i] for i in keep], int)
       # Joints can be predicted outside the frame; a box beyond it would only grow each frame.
       pb = np.clip(pb, 0, [w, h, w, h]).astype(np.float32)
       ok = (pb[:, 2] - pb[:, 0] >= 2) & (pb[:, 3] - pb[:, 1] >= 2)
-      pb, ps, pid = pb[ok], ps[ok], pid[ok]
-    self._proposal = (len(db), np.zeros(0, int))
+      pb, ps = pb[ok], ps[ok]
     if len(db) == 0 and len(pb) == 0:
       if det_boxes is None:
-        self._proposal = (1, np.zeros(0, int))
+        self._proposal = (1, 1)
         return np.asarray([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
+      self._proposal = (0, 0)
       return db, ds
     # NMS with the detector's boxes first: they are kept as the detector gave them (it ran its
     # own NMS, and people who cross overlap), a propagated box goes when it repeats one of them.
@@ -132,8 +129,8 @@ class Tracker:
     # that still come out twice are removed by the OKS-NMS in `update`.
     if len(db) and len(pb):
       ok = matching.box_iou(pb, db).max(axis=1) <= self.s.nms_iou
-      pb, ps, pid = pb[ok], ps[ok], pid[ok]
-    self._proposal = (len(db), pid)
+      pb, ps = pb[ok], ps[ok]
+    self._proposal = (len(db) + len(pb), len(db))
     return np.concatenate([db, pb]), np.concatenate([ds, ps])
 
   def _pose_scores(self, kpts: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
@@ -150,10 +147,10 @@ class Tracker:
     kpts = np.asarray(kpts, np.float32).reshape(len(boxes), len(self.sigmas), 3)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     box_scores = np.asarray(box_scores, np.float32).reshape(-1)
-    n_det, from_tracks = self._proposal
-    if n_det + len(from_tracks) != len(boxes):   # boxes not from `propose`: all detections
-      n_det, from_tracks = len(boxes), np.zeros(0, int)
-    self._proposal = (0, np.zeros(0, int))
+    proposed, n_det = self._proposal
+    if proposed != len(boxes):                  # boxes not from `propose`: all detections
+      n_det = len(boxes)
+    self._proposal = (0, 0)
     scores = self._pose_scores(kpts, box_scores)
     keep = self._pose_nms(kpts, boxes, scores, n_det)
     kpts, boxes, scores, box_scores = kpts[keep], boxes[keep], scores[keep], box_scores[keep]
@@ -201,4 +198,4 @@ class Tracker:
     detected = [j for j in keep if j < n_det]
     keep = [i for i in keep if i < n_det
             or all(max(sim[i, j], sim[j, i]) <= self.s.propagated_oks for j in detected)]
-    return np.asarray(sorted(keep, key=lambda i: -scores[i]), int)
+    return np.asarray(keep, int)
