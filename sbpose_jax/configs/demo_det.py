@@ -23,7 +23,10 @@ box AP 0.693 (AP50 0.925, AP75 0.839) on the 100 held-out stills, 10 min 25 s fo
 command in an empty directory (stills generated, ~1 min of start-up and compilation), at 22-26
 training images/s; the same steps ran at 34 images/s earlier on the same machine (14 epochs:
 7 min 45 s). The issue's goal, AP >= 0.7 in <= 10 minutes on 2 cores, is missed by 0.007 AP
-and, on a slow day, by half a minute.
+and, on a slow day, by half a minute. A larger lr, scale jitter 0.9-1.1, batch 16, width
+0.1875, 1.0-scale crops and twice the stills all ended at 0.61-0.69 in the same time
+(docs/benchmarks.md, "What else was tried"): the training loss still falls steeply at the end,
+and the backward pass, which already keeps both cores busy, is the step.
 
 Fine-tune converted published weights instead: `--config.init_checkpoint=DIR_OR_PTH` (a saved
 detector, or an MMDetection RTMDet .pth converted in memory; the model fields must match it,
