@@ -246,3 +246,25 @@ def test_fine_tune_from_a_converted_checkpoint(tmp_path):
                       "--config.model.widen_factor=0.25")
   with pytest.raises(ValueError, match="does not build"):
     loop.train_and_evaluate(other, tmp_path / "ft2", progress=False)
+
+
+def test_two_stage_recipe(tmp_path):
+  """configs/demo_det_stage1 is demo_det's model on demo_det's stills at a lower resolution, and
+  its saved detector starts a demo_det run at another input size (init_checkpoint): the second
+  stage begins from the first stage's EMA weights and BatchNorm statistics."""
+  first, second = config_lib.load("demo_det_stage1"), config_lib.load("demo_det")
+  assert det_task.build_arch(first) == det_task.build_arch(second)
+  assert first.synthetic.to_dict() == second.synthetic.to_dict()
+  assert first.data.root == second.data.root
+  assert first.data.input_size < second.data.input_size
+  stage1 = tiny_config(tmp_path, "--config.data.crop_size=(32, 32)", "--config.max_steps=2")
+  loop.train_and_evaluate(stage1, tmp_path / "stage1", progress=False)
+  saved = _params(tmp_path / "stage1" / "model_last")
+  stage2 = tiny_config(tmp_path, "--config.data.input_size=96", "--config.max_steps=1",
+                       f"--config.init_checkpoint={tmp_path / 'stage1' / 'model_last'}")
+  task = det_task.DetectionTask()
+  start = task.initial_variables(stage2, task.build_model(stage2), 0)
+  jax.tree.map(np.testing.assert_array_equal, start, saved)
+  out = loop.train_and_evaluate(stage2, tmp_path / "stage2", progress=False)
+  assert set(out["val"]) >= {"AP", "AP50"}
+  assert rtmdet_conversion.read_meta(tmp_path / "stage2" / "model_last").settings.input_size == 96
